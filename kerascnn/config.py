@@ -1,0 +1,363 @@
+"""Run configuration: frozen dataclasses, loaded from TOML, presets and `section.key=value` overrides.
+
+The TOML keys are the field names; every section is a table (`[data]`, `[model]`, ...). Values are
+validated when a dataclass is built, so a bad config fails before any data is read or file written.
+
+Example:
+    config = load_config(preset="digits", overrides=["train.epochs=5"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import tomli_w
+
+from kerascnn.errors import ConfigError
+
+PRESETS_PACKAGE = "kerascnn.presets"
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    _check(0.0 < value < 1.0, f"{name} must be between 0 and 1 (exclusive), got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSection:
+    """Where and under which name a run is written.
+
+    Attributes:
+        name: run directory name under `output`; default `<dataset>-<model>-<timestamp>`.
+        output: root folder of run directories (default `saved_models`).
+        overwrite: replace an existing run directory of the same name (default False).
+        seed: seed for splits, shuffling, initialisation and dropout (default 42).
+    """
+
+    name: str | None = None
+    output: str = "saved_models"
+    overwrite: bool = False
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.name is not None:
+            _check(self.name.strip() != "" and "/" not in self.name and self.name not in (".", ".."),
+                   f"run.name must be a plain folder name, got {self.name!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which images to train on and how they are split.
+
+    Attributes:
+        dataset: a name from `kerascnn datasets` (default `digits`), `tfds:<name>`, or an image-folder path.
+        image_size: (height, width) images are resized to; required for folders of mixed sizes
+            (default: the dataset's own size, or 64x64 for folders).
+        validation_split: fraction of the training data held out for validation (default 0.2).
+        test_split: fraction held out for testing where the source has no test split (default 0.2).
+        classes: keep only these class indices, relabelled 0..k-1 in the given order (default: all).
+        max_train_examples: cap on training examples, drawn stratified (default: all).
+        cache: keep decoded images in memory after the first epoch (default True; folders stream
+            from disk when False).
+        shuffle_buffer: tf.data shuffle buffer size (default 10000).
+    """
+
+    dataset: str = "digits"
+    image_size: tuple[int, ...] | None = None
+    validation_split: float = 0.2
+    test_split: float = 0.2
+    classes: tuple[int, ...] | None = None
+    max_train_examples: int | None = None
+    cache: bool = True
+    shuffle_buffer: int = 10000
+
+    def __post_init__(self):
+        _check(self.dataset.strip() != "", "data.dataset must not be empty; run `kerascnn datasets` for names")
+        if self.image_size is not None:
+            _check(len(self.image_size) == 2 and all(s > 0 for s in self.image_size),
+                   f"data.image_size must be [height, width] with positive sizes, got {list(self.image_size)}")
+        _check_fraction("data.validation_split", self.validation_split)
+        _check_fraction("data.test_split", self.test_split)
+        _check(self.validation_split + self.test_split < 1.0,
+               "data.validation_split + data.test_split must leave training data (sum < 1)")
+        if self.classes is not None:
+            _check(len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes)
+                   and all(c >= 0 for c in self.classes),
+                   f"data.classes must list at least two distinct class indices, got {list(self.classes)}")
+        if self.max_train_examples is not None:
+            _check(self.max_train_examples > 0,
+                   f"data.max_train_examples must be positive, got {self.max_train_examples}")
+        _check(self.shuffle_buffer > 0, f"data.shuffle_buffer must be positive, got {self.shuffle_buffer}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build.
+
+    Attributes:
+        name: a builder from `kerascnn.list_models()` (default `cnn`).
+        options: keyword arguments of that builder, e.g. `{filters = [32, 64], dropout = 0.3}`.
+    """
+
+    name: str = "cnn"
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        from kerascnn.models.registry import check_builder_options
+
+        check_builder_options(self.name, self.options)
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How the network is trained.
+
+    Attributes:
+        epochs: passes over the training data (default 20).
+        batch_size: images per step (default 32).
+        optimizer: adam | adamw | sgd | rmsprop (default adam).
+        learning_rate: peak learning rate (default 0.001).
+        momentum: momentum for sgd and rmsprop (default 0.9).
+        nesterov: Nesterov momentum for sgd (default False).
+        weight_decay: decoupled weight decay for adamw (default 0.0001).
+        schedule: constant | cosine: cosine decays to 0 over all steps (default constant).
+        warmup_epochs: epochs of linear warm-up before the schedule (default 0).
+        label_smoothing: categorical label smoothing (default 0.0).
+        early_stopping_patience: epochs without val_loss improvement before stopping and
+            restoring the best weights; 0 disables early stopping (default 5).
+        tensorboard: write TensorBoard logs into `logs/` (default True).
+        verbose: Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch (default 1).
+    """
+
+    epochs: int = 20
+    batch_size: int = 32
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: str = "constant"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    early_stopping_patience: int = 5
+    tensorboard: bool = True
+    verbose: int = 1
+
+    def __post_init__(self):
+        _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
+        _check(self.batch_size > 0, f"train.batch_size must be positive, got {self.batch_size}")
+        _check(self.optimizer in OPTIMIZERS,
+               f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        _check(self.learning_rate > 0, f"train.learning_rate must be positive, got {self.learning_rate}")
+        _check(0.0 <= self.momentum < 1.0, f"train.momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.schedule in SCHEDULES,
+               f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        _check(0 <= self.warmup_epochs < self.epochs,
+               f"train.warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        _check(0.0 <= self.label_smoothing < 1.0,
+               f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(self.early_stopping_patience >= 0,
+               f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        _check(self.verbose in (0, 1, 2), f"train.verbose must be 0, 1 or 2, got {self.verbose}")
+
+
+EXPORT_FORMATS = ("keras", "h5", "saved_model", "tflite")
+TFLITE_VARIANTS = ("float32",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Which artifacts are written and checked.
+
+    Attributes:
+        formats: any of keras, h5, saved_model, tflite (default: all four).
+        tflite: TFLite variants to write when `tflite` is in formats (default ["float32"]).
+    """
+
+    formats: tuple[str, ...] = EXPORT_FORMATS
+    tflite: tuple[str, ...] = ("float32",)
+
+    def __post_init__(self):
+        for fmt in self.formats:
+            _check(fmt in EXPORT_FORMATS, f"export.formats: unknown format {fmt!r}{_suggest(fmt, EXPORT_FORMATS)}"
+                   f"; choose from {', '.join(EXPORT_FORMATS)}")
+        for variant in self.tflite:
+            _check(variant in TFLITE_VARIANTS, f"export.tflite: unknown variant {variant!r}"
+                   f"{_suggest(variant, TFLITE_VARIANTS)}; choose from {', '.join(TFLITE_VARIANTS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The whole run: one section a stage. `RunConfig()` is the embedded default (digits, cnn)."""
+
+    run: RunSection = dataclasses.field(default_factory=RunSection)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+    def replace(self, section: str, **changes) -> "RunConfig":
+        """A copy with `changes` applied to one section, validated again."""
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (None values left out, tuples as lists), as written to TOML."""
+        return _drop_none(dataclasses.asdict(self))
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+def _drop_none(value):
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against a field's type hint and convert lists to tuples."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, options[0], where)
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
+        item_type = typing.get_args(annotation)[0]
+        return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+    if annotation is dict or origin is dict:
+        _check(isinstance(value, dict), f"{where} must be a table, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        _check(isinstance(value, bool), f"{where} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{where} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool),
+               f"{where} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        _check(isinstance(value, str), f"{where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {annotation!r} at {where}")
+
+
+def _build(cls, mapping: Mapping, where: str):
+    """Build dataclass `cls` from a mapping, refusing unknown keys with the nearest valid one."""
+    _check(isinstance(mapping, Mapping), f"[{where}] must be a table, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in mapping.items():
+        path = f"{where}.{key}" if where else key
+        if key not in hints:
+            raise ConfigError(f"unknown config key {path!r}{_suggest(key, names)}; valid keys: {', '.join(names)}")
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value, key)
+        else:
+            kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def config_from_dict(mapping: Mapping) -> RunConfig:
+    """Validate a nested mapping (as read from TOML) into a RunConfig."""
+    return _build(RunConfig, mapping, "")
+
+
+def list_presets() -> list[str]:
+    """Names of the TOML presets shipped inside the package."""
+    return sorted(p.name[:-5] for p in resources.files(PRESETS_PACKAGE).iterdir() if p.name.endswith(".toml"))
+
+
+def _read_toml(text: str, source: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+
+
+def read_preset(name: str) -> dict:
+    presets = list_presets()
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r}{_suggest(name, presets)}; presets: {', '.join(presets)}")
+    return _read_toml(resources.files(PRESETS_PACKAGE).joinpath(f"{name}.toml").read_text(), f"preset {name!r}")
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a TOML file")
+    return _read_toml(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `section.key=value`; the value is read as a TOML literal, else taken as a string."""
+    key, sep, raw = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or len(path) < 2 or not all(path):
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.epochs=5")
+    raw = raw.strip()
+    if raw.lower() in ("none", "null"):
+        return path, None
+    try:
+        return path, tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return path, raw
+
+
+def merge(base: dict, path: list[str], value: Any) -> None:
+    """Set `base[path[0]]...[path[-1]] = value`, creating tables on the way; None removes the key."""
+    node = base
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        _check(isinstance(node, dict), f"cannot set {'.'.join(path)}: {part!r} is not a table")
+    if value is None:
+        node.pop(path[-1], None)
+    else:
+        node[path[-1]] = value
+
+
+def load_config(config_file: str | Path | None = None, preset: str | None = None,
+                overrides: list[str] = (), values: Mapping[str, Any] | None = None) -> RunConfig:
+    """Resolve a RunConfig: preset, then file, then `values` ({"train.epochs": 5}), then overrides.
+
+    Later sources win. Everything is validated once, at the end.
+    """
+    merged: dict = {}
+    for source in (read_preset(preset) if preset else None, read_config_file(config_file) if config_file else None):
+        for section, table in (source or {}).items():
+            if isinstance(table, dict) and isinstance(merged.get(section), dict):
+                merged[section].update(table)
+            else:
+                merged[section] = table
+    for dotted, value in (values or {}).items():
+        merge(merged, dotted.split("."), value)
+    for text in overrides:
+        merge(merged, *parse_override(text))
+    return config_from_dict(merged)

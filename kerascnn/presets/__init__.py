@@ -1,0 +1,1 @@
+"""Packaged TOML presets (`--preset NAME`)."""

@@ -1,0 +1,115 @@
+"""`run(config)`: the whole path from data to verified artifacts. The only module that knows every stage.
+
+Order matters for the promise "bad input writes nothing": the config is validated when it is
+built, then data are loaded and the model built, and only then is the run directory created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from kerascnn import __version__
+from kerascnn.config import RunConfig
+from kerascnn.data.datasets import ImageData, load_data
+from kerascnn.errors import ConfigError
+from kerascnn.evaluation import evaluate
+from kerascnn.export import export
+from kerascnn.models.registry import build_model
+from kerascnn.training import train
+
+MANIFEST_FILE = "manifest.json"
+CONFIG_FILE = "config.toml"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What `run` produced: where, the model, its test metrics and the manifest written."""
+
+    run_dir: Path
+    model: keras.Model
+    data: ImageData
+    test_metrics: dict
+    manifest: dict
+
+
+def run_name(config: RunConfig) -> str:
+    if config.run.name:
+        return config.run.name
+    dataset = Path(config.data.dataset).name if "/" in config.data.dataset else config.data.dataset
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{dataset.replace(':', '-')}-{config.model.name}-{stamp}"
+
+
+def prepare_run_dir(config: RunConfig) -> Path:
+    """The run directory path, refusing to clobber an existing run and checking the output is writable."""
+    output = Path(config.run.output)
+    run_dir = output / run_name(config)
+    if run_dir.exists() and not config.run.overwrite:
+        raise ConfigError(f"run directory {str(run_dir)!r} already exists; choose another --name or pass --overwrite")
+    existing = next((p for p in [output, *output.parents] if p.exists()), Path("."))
+    if not existing.is_dir() or not _writable(existing):
+        raise ConfigError(f"output folder {str(output)!r} is not writable; pass --output with a writable folder")
+    return run_dir
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def write_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics: dict, train_seconds: float,
+                   epochs_run: int, artifacts: dict) -> dict:
+    manifest = {
+        "kerascnn_version": __version__,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "python_version": platform.python_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "run_name": run_dir.name,
+        "dataset": config.data.dataset,
+        "model": config.model.name,
+        "class_names": data.class_names,
+        "input_shape": list(data.input_shape),
+        "counts": data.counts,
+        "epochs_run": epochs_run,
+        "train_seconds": round(train_seconds, 3),
+        "test_metrics": test_metrics,
+        "artifacts": artifacts,
+    }
+    (run_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def run(config: RunConfig | None = None, data: ImageData | None = None) -> RunResult:
+    """Train, evaluate and export one run described by `config`.
+
+    Args:
+        config: a RunConfig (default RunConfig(): digits with the seed CNN).
+        data: an ImageData to use instead of loading `config.data.dataset` (e.g. from `from_arrays`).
+
+    Example:
+        result = run(load_config(preset="digits")); print(result.run_dir, result.test_metrics)
+    """
+    config = config or RunConfig()
+    run_dir = prepare_run_dir(config)
+    keras.utils.set_random_seed(config.run.seed)
+    data = data or load_data(config.data, seed=config.run.seed)
+    model = build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
+    if run_dir.exists():  # --overwrite was given: the old run goes only now that inputs are known good
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / CONFIG_FILE).write_text(config.to_toml(), encoding="utf-8")
+    result = train(model, data, config.train, run_dir, seed=config.run.seed, cache=config.data.cache,
+                   shuffle_buffer=config.data.shuffle_buffer)
+    test_metrics = evaluate(model, data)
+    artifacts = export(model, run_dir, data, config.export)
+    manifest = write_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run, artifacts)
+    return RunResult(run_dir=run_dir, model=model, data=data, test_metrics=test_metrics, manifest=manifest)

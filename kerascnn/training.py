@@ -1,0 +1,117 @@
+"""Compile and fit a model with the callbacks a run directory keeps.
+
+`train(model, data, config)` compiles (optimizer, schedule, loss with label smoothing), builds the
+Keras callbacks (ModelCheckpoint best on val_loss, EarlyStopping with best weights restored,
+CSVLogger, TensorBoard, TerminateOnNaN) and calls `model.fit` over the tf.data pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from kerascnn.config import TrainConfig
+from kerascnn.data.datasets import ImageData
+from kerascnn.data.pipeline import batches
+from kerascnn.errors import TrainingError
+
+CHECKPOINT_FILE = "checkpoints/best.keras"
+HISTORY_FILE = "history.csv"
+LOG_DIR = "logs"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What training produced: per-epoch history, wall time of `fit`, and epochs run."""
+
+    history: pd.DataFrame
+    train_seconds: float
+    epochs_run: int
+
+
+def learning_rate(config: TrainConfig, steps_per_epoch: int):
+    """The configured learning rate: a float, or a Keras schedule (cosine and/or warm-up)."""
+    total = config.epochs * steps_per_epoch
+    warmup = config.warmup_epochs * steps_per_epoch
+    if config.schedule == "constant" and warmup == 0:
+        return config.learning_rate
+    # CosineDecay with alpha=1.0 never decays: that is the constant schedule after a warm-up.
+    alpha = 1.0 if config.schedule == "constant" else 0.0
+    if warmup == 0:
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, total, alpha=alpha)
+    return keras.optimizers.schedules.CosineDecay(0.0, max(total - warmup, 1), alpha=alpha,
+                                                  warmup_target=config.learning_rate, warmup_steps=warmup)
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    rate = learning_rate(config, steps_per_epoch)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=config.nesterov)
+    if config.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(rate, momentum=config.momentum)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(rate)
+
+
+def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> keras.Model:
+    """Compile for one-hot labels: categorical cross-entropy (label smoothing) and accuracy."""
+    model.compile(optimizer=make_optimizer(config, steps_per_epoch),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+                  metrics=["accuracy"])
+    return model
+
+
+def make_callbacks(config: TrainConfig, run_dir: Path | None) -> list[keras.callbacks.Callback]:
+    """TerminateOnNaN and EarlyStopping always; checkpoint, CSV history and TensorBoard in a run dir."""
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    if config.early_stopping_patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
+                                                       restore_best_weights=True))
+    if run_dir is not None:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        callbacks += [keras.callbacks.ModelCheckpoint(str(run_dir / CHECKPOINT_FILE), monitor="val_loss",
+                                                      save_best_only=True),
+                      keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE))]
+        if config.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(str(run_dir / LOG_DIR), profile_batch=0))
+    return callbacks
+
+
+def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None, run_dir: Path | None = None,
+          seed: int = 42, cache: bool = True, shuffle_buffer: int = 10000, augment=None) -> TrainResult:
+    """Compile and fit `model` on `data.train`, validating on `data.validation`.
+
+    Args:
+        model: a model taking raw pixels and returning probabilities (e.g. from `build_model`).
+        data: an ImageData from `load_data` or `from_arrays`.
+        config: a TrainConfig (default TrainConfig()).
+        run_dir: where checkpoints, history.csv and logs go; None keeps nothing on disk.
+        seed: shuffling seed (default 42).
+        augment: optional batch function (images, labels) -> (images, labels) for training batches.
+
+    Example:
+        result = train(build_model("cnn", data.input_shape, data.num_classes), data, TrainConfig(epochs=5))
+    """
+    config = config or TrainConfig()
+    steps = max(1, math.ceil(data.counts["train"] / config.batch_size))
+    compile_model(model, config, steps)
+    train_ds = batches(data.train, config.batch_size, data.num_classes, training=True, seed=seed, cache=cache,
+                       shuffle_buffer=shuffle_buffer, augment=augment)
+    val_ds = batches(data.validation, config.batch_size, data.num_classes, cache=cache)
+    start = time.perf_counter()
+    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=config.verbose, shuffle=False,
+                        callbacks=make_callbacks(config, Path(run_dir) if run_dir else None))
+    seconds = time.perf_counter() - start
+    frame = pd.DataFrame(history.history)
+    frame.insert(0, "epoch", history.epoch)
+    if not np.isfinite(frame["loss"]).all():
+        raise TrainingError("training stopped: the loss became NaN or infinite; lower train.learning_rate "
+                            "or check the input data (the best checkpoint so far is kept)")
+    return TrainResult(history=frame, train_seconds=seconds, epochs_run=len(frame))
