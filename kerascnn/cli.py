@@ -138,6 +138,29 @@ def cmd_datasets(args) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args) -> int:
+    from kerascnn.bench import BENCHES
+
+    results = BENCHES[args.bench].run(args)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for key, value in results.items():
+            print(f"{key:<32}{value}")
+    return EXIT_OK
+
+
+def _add_bench(sub) -> None:
+    from kerascnn.bench import load_benches
+
+    p = sub.add_parser("bench", help="benchmarks against a reference, in one run")
+    benches = p.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    for name, bench in load_benches().items():
+        q = benches.add_parser(name, help=bench.help)
+        q.add_argument("--json", action="store_true", help="print the results as JSON")
+        bench.add_arguments(q)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kerascnn", description="Train, evaluate and export CNN image classifiers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow logs")
@@ -155,11 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of tab-separated lines")
     p.add_argument("--unsafe", action="store_true", help="allow code inside Keras model files to run")
     sub.add_parser("datasets", help="list the dataset sources")
+    _add_bench(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
-            "datasets": cmd_datasets}
+            "datasets": cmd_datasets, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
