@@ -26,6 +26,7 @@ from kerascnn.config import ExportConfig
 from kerascnn.data.datasets import ImageData
 from kerascnn.errors import ExportError
 from kerascnn.evaluation import classification_metrics
+from kerascnn.models.registry import model_input_shape
 from kerascnn.predict import Predictor
 
 FLOAT_TOLERANCE = 1e-4
@@ -46,7 +47,7 @@ def write_saved_model(model: keras.Model, path: Path, class_names: list[str], **
     archive.track(model)
     names = tf.constant(class_names)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None, *model_input_shape(model)], tf.float32, name="images")])
     def serving_default(images):
         probabilities = model(images, training=False)
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)

@@ -31,14 +31,16 @@ class KerasRuntime:
     def __init__(self, path: Path, unsafe: bool = False):
         import keras
 
-        from kerascnn.models import registry  # noqa: F401  (registers kerascnn's serializable classes)
+        from kerascnn.models import registry
+        from kerascnn.models.subclassed import CUSTOM_OBJECTS
 
         try:
-            self.model = keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+            self.model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False,
+                                                 safe_mode=not unsafe)
         except Exception as exc:  # Keras raises ValueError/TypeError/OSError for refused or broken files
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"cannot load {str(path)!r} as a Keras model: {first_line}") from None
-        self.input_shape = tuple(self.model.input_shape[1:])
+        self.input_shape = registry.model_input_shape(self.model)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self.model(images, training=False))

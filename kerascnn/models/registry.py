@@ -81,3 +81,11 @@ def build_model(name: str, input_shape, num_classes: int, **options):
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     return _BUILDERS[name](input_shape, num_classes, **options)
+
+
+def model_input_shape(model) -> tuple[int, ...]:
+    """(height, width, channels) a model takes: from its Input, or the `image_shape` a subclassed model keeps."""
+    try:
+        return tuple(model.input_shape[1:])
+    except AttributeError:  # subclassed models have no symbolic input
+        return tuple(model.image_shape)

@@ -20,6 +20,15 @@ class _StackClassifier(keras.Model):
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
         self.stack = self.make_stack()
+        # Built at construction so every loader (the legacy .h5 one included) finds the weights it restores.
+        self.build((None, *self.image_shape))
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.stack:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        self.built = True
 
     def make_stack(self) -> list:
         raise TypeError(f"{type(self).__name__} must define make_stack()")
@@ -71,21 +80,19 @@ class CNNClassifier(_StackClassifier):
                 "kernel_initializer": self.kernel_initializer}
 
 
-def _built(model: keras.Model) -> keras.Model:
-    model(keras.ops.zeros((1, *model.image_shape)))
-    return model
-
-
 @register_model("mlp_subclassed")
 def mlp_subclassed(input_shape, num_classes, hidden=(512, 256), dropout=0.2, kernel_initializer="glorot_uniform"):
     """`mlp` as a keras.Model subclass (same options)."""
-    return _built(MLPClassifier(input_shape, num_classes, hidden, dropout, kernel_initializer,
-                                name="mlp_subclassed"))
+    return MLPClassifier(input_shape, num_classes, hidden, dropout, kernel_initializer, name="mlp_subclassed")
 
 
 @register_model("cnn_subclassed")
 def cnn_subclassed(input_shape, num_classes, filters=(16, 32, 64), dense=500, conv_dropout=0.25, dropout=0.25,
                    kernel_initializer="glorot_uniform"):
     """`cnn` as a keras.Model subclass (same options)."""
-    return _built(CNNClassifier(input_shape, num_classes, filters, dense, conv_dropout, dropout,
-                                kernel_initializer, name="cnn_subclassed"))
+    return CNNClassifier(input_shape, num_classes, filters, dense, conv_dropout, dropout, kernel_initializer,
+                         name="cnn_subclassed")
+
+
+# Legacy .h5 files name classes without the registration package: loaders pass these explicitly.
+CUSTOM_OBJECTS = {cls.__name__: cls for cls in (MLPClassifier, CNNClassifier)}

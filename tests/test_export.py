@@ -1,0 +1,105 @@
+"""Every builder through every export format: written, reloaded, and predicting what the model predicts."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kerascnn.config import DataConfig, ExportConfig
+from kerascnn.data.datasets import load_data
+from kerascnn.errors import ExportError
+from kerascnn.export import export
+from kerascnn.models import build_model
+from kerascnn.predict import load
+
+ARTIFACTS = ["model.keras", "model.h5", "saved_model/1", "model.tflite"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(DataConfig(dataset="digits", classes=(0, 1, 2)))
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "mlp_subclassed", "cnn_subclassed"])
+def test_every_format_round_trips_with_full_parity(name, digits, tmp_path):
+    model = build_model(name, digits.input_shape, digits.num_classes, **(
+        {"hidden": [32]} if name.startswith("mlp") else {"filters": [8, 16], "dense": 32}))
+    artifacts = export(model, tmp_path, digits)
+    assert list(artifacts) == ARTIFACTS
+    images = digits.arrays["test"][0][:16].astype(np.float32)
+    expected = np.asarray(model(images, training=False))
+    for relative, entry in artifacts.items():
+        assert entry["parity"]["top1_agreement"] == 1.0
+        assert entry["parity"]["max_abs_diff"] <= 1e-4
+        assert entry["parity"]["n"] == digits.counts["test"]
+        assert entry["bytes"] > 0 and len(entry["sha256"]) == 64
+        predictor = load(tmp_path / relative)
+        assert predictor.class_names == ["0", "1", "2"]
+        np.testing.assert_allclose(predictor.predict_proba(images), expected, atol=1e-5)
+    assert (tmp_path / "labels.txt").read_text().split() == ["0", "1", "2"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export-")]
+
+
+def test_sequential_artifacts_load_without_kerascnn(digits, tmp_path):
+    model = build_model("cnn", digits.input_shape, digits.num_classes, filters=[8], dense=16)
+    export(model, tmp_path, digits)
+    images = digits.arrays["test"][0][:5].astype(np.float32)
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "expected.npy", np.asarray(model(images, training=False)))
+    script = f"""
+import sys, numpy as np, keras, tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+root = {str(tmp_path)!r}
+x, expected = np.load(root + "/images.npy"), np.load(root + "/expected.npy")
+outputs = [keras.saving.load_model(root + "/model.keras")(x), keras.saving.load_model(root + "/model.h5")(x),
+           tf.saved_model.load(root + "/saved_model/1").signatures["serving_default"](images=x)["probabilities"]]
+it = Interpreter(model_path=root + "/model.tflite")
+it.resize_tensor_input(0, x.shape); it.allocate_tensors()
+it.set_tensor(it.get_input_details()[0]["index"], x); it.invoke()
+outputs.append(it.get_tensor(it.get_output_details()[0]["index"]))
+assert "kerascnn" not in sys.modules
+print(max(float(np.abs(np.asarray(o) - expected).max()) for o in outputs))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip().splitlines()[-1]) < 1e-4
+
+
+def test_saved_model_signature_returns_named_outputs(digits, tmp_path):
+    import tensorflow as tf
+
+    model = build_model("mlp", digits.input_shape, digits.num_classes, hidden=[8])
+    export(model, tmp_path, digits, ExportConfig(formats=("saved_model",)))
+    signature = tf.saved_model.load(str(tmp_path / "saved_model/1")).signatures["serving_default"]
+    outputs = signature(images=tf.constant(digits.arrays["test"][0][:4], tf.float32))
+    assert set(outputs) == {"probabilities", "class_id", "class_name"}
+    ids = outputs["class_id"].numpy()
+    assert [n.decode() for n in outputs["class_name"].numpy()] == [digits.class_names[i] for i in ids]
+
+
+def test_a_disagreeing_artifact_fails_the_export_and_writes_nothing(digits, tmp_path, monkeypatch):
+    from kerascnn import export as export_module
+
+    def corrupt_keras(model, path, **_):
+        clone = build_model("mlp", digits.input_shape, digits.num_classes, hidden=[8])
+        clone.save(path)  # a different model: its predictions cannot match
+
+    monkeypatch.setitem(export_module.FORMAT_FILES, "keras", {"model.keras": (corrupt_keras, True)})
+    model = build_model("mlp", digits.input_shape, digits.num_classes, hidden=[8])
+    with pytest.raises(ExportError, match="does not predict what the trained model predicts"):
+        export(model, tmp_path, digits, ExportConfig(formats=("h5", "keras")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.txt"]
+
+
+def test_manifest_of_a_run(default_run):
+    manifest = json.loads((default_run.run_dir / "manifest.json").read_text())
+    for key in ("kerascnn_version", "tensorflow_version", "keras_version", "dataset", "class_names", "input_shape",
+                "train_seconds"):
+        assert key in manifest
+    assert set(manifest["test_metrics"]) >= {"accuracy", "loss"}
+    assert set(manifest["artifacts"]) == set(ARTIFACTS)
+    for entry in manifest["artifacts"].values():
+        assert set(entry) >= {"bytes", "sha256", "parity"}
+        assert set(entry["parity"]) >= {"top1_agreement", "max_abs_diff", "n"}
