@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test notebooks clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+notebooks: setup
+	$(BIN)/python -m pytest -q tests/test_notebooks.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
