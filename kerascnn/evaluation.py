@@ -226,17 +226,34 @@ class LayerTrace:
 
     Attributes:
         inputs: the symbolic input.
-        outputs: (layer name, symbolic output) of each top-level layer, in call order.
-        features: the symbolic input of the output layer (the penultimate representation).
-        features_name: the layer that produces `features`.
-        output_layer: the layer producing the probabilities.
+        steps: (layer, symbolic input, symbolic output) of each top-level layer, in call order; the last
+            one is the output layer, its input the penultimate representation.
     """
 
     inputs: object
-    outputs: list[tuple[str, object]]
-    features: object
-    features_name: str
-    output_layer: object
+    steps: list[tuple[object, object, object]]
+
+    @property
+    def output_layer(self):
+        return self.steps[-1][0]
+
+    @property
+    def features(self):
+        return self.steps[-1][1]
+
+    @property
+    def features_name(self) -> str:
+        """The layer that produced `features`, looking through dropouts (identities at inference)."""
+        import keras
+
+        tensor = self.features
+        producers = {id(out): (layer, inp) for layer, inp, out in self.steps}
+        while id(tensor) in producers:
+            layer, tensor_in = producers[id(tensor)]
+            if not isinstance(layer, keras.layers.Dropout):
+                return layer.name
+            tensor = tensor_in
+        return "input"
 
     def model(self, *tensors):
         import keras
@@ -254,20 +271,19 @@ def trace_layers(model, input_shape: tuple[int, ...]) -> LayerTrace:
         raise NotApplicable(f"model {model.name!r} exposes no layers")
     if not isinstance(model, keras.Sequential) and hasattr(model, "inputs"):  # functional: has a graph
         try:
-            outputs = [(layer.name, layer.output) for layer in layers]
-            features = layers[-1].input
-            name = next((name for name, out in outputs if out is features), "input")
-            return LayerTrace(model.inputs[0], outputs, features, name, layers[-1])
+            return LayerTrace(model.inputs[0], [(layer, layer.input, layer.output) for layer in layers])
         except (AttributeError, ValueError) as exc:  # a layer called more than once has no single output
             raise NotApplicable(f"the inner layers of {model.name!r} cannot be read ({exc})") from None
     try:  # chaining arbitrary user layers can fail in many ways; any failure means "not traceable"
         inputs = keras.Input(tuple(input_shape))
-        x, outputs = inputs, []
+        x, steps = inputs, []
         for layer in layers:
-            x = layer(x)
-            outputs.append((layer.name, x))
+            steps.append((layer, x, x := layer(x)))
         view = keras.Model(inputs, x)
-        probe = np.random.default_rng(0).uniform(0, 255, (2, *input_shape)).astype(np.float32)
+        # Probes at several scales: at one scale alone a saturated softmax can hide a difference.
+        probe = np.random.default_rng(0).uniform(0, 1, (3, *input_shape)) * np.array([255.0, 1.0, 0.01]).reshape(
+            3, *[1] * len(input_shape))
+        probe = probe.astype(np.float32)
         same = np.allclose(np.asarray(view(probe, training=False)), np.asarray(model(probe, training=False)),
                            atol=1e-5)
     except Exception as exc:
@@ -276,13 +292,7 @@ def trace_layers(model, input_shape: tuple[int, ...]) -> LayerTrace:
     if not same:
         raise NotApplicable(f"{type(model).__name__} {model.name!r} does not apply its layers in order, so its "
                             f"inner layers cannot be read")
-    features_name, features = outputs[-2] if len(outputs) > 1 else ("input", inputs)
-    # Name the representation after the layer that made it, not a dropout that passes it on at inference.
-    for layer, (name, _) in zip(layers[-2::-1], outputs[-2::-1]):
-        if not isinstance(layer, keras.layers.Dropout):
-            features_name = name
-            break
-    return LayerTrace(inputs, outputs, features, features_name, layers[-1])
+    return LayerTrace(inputs, steps)
 
 
 def embeddings(model, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, str]:
@@ -295,12 +305,17 @@ def embeddings(model, images: np.ndarray, batch_size: int = 256) -> tuple[np.nda
 
 
 def cam_layer(trace: LayerTrace) -> tuple[str, object]:
-    """(name, output) of the feature map Grad-CAM reads: the last 4-D output at least MIN_CAM_SIZE
-    pixels in height and width, else the last 4-D output at all."""
-    maps = [(name, out) for name, out in trace.outputs[:-1] if len(out.shape) == 4]
+    """(name, output) of the feature map Grad-CAM reads: among the 4-D outputs from the first
+    convolution (or nested backbone model) on, the last one at least MIN_CAM_SIZE pixels in height and
+    width, else the last one at all."""
+    import keras
+
+    convolutions = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D, keras.Model)
+    first = next((i for i, (layer, _, _) in enumerate(trace.steps) if isinstance(layer, convolutions)), None)
+    maps = [(layer.name, out) for layer, _, out in trace.steps[first:-1] if len(out.shape) == 4] \
+        if first is not None else []
     if not maps:
-        raise NotApplicable("the model has no convolutional feature map (no layer with a 4-D output), so "
-                            "Grad-CAM does not apply")
+        raise NotApplicable("the model has no convolutional feature map, so Grad-CAM does not apply")
     large = [(name, out) for name, out in maps if min(out.shape[1], out.shape[2]) >= MIN_CAM_SIZE]
     return (large or maps)[-1]
 
@@ -332,11 +347,13 @@ def gradcam(model, images: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarra
 
     trace = trace_layers(model, images.shape[1:])
     name, feature_map = cam_layer(trace)
-    grad_model = trace.model(feature_map, trace.outputs[-1][1])
+    grad_model = trace.model(feature_map, trace.steps[-1][2])
     with _logits(trace.output_layer), tf.GradientTape() as tape:
         maps, scores = grad_model(tf.constant(images, tf.float32), training=False)
         class_scores = tf.gather(scores, tf.constant(class_ids, tf.int32), batch_dims=1)
     gradients = tape.gradient(class_scores, maps)
+    if gradients is None:
+        raise NotApplicable(f"the class scores do not depend on layer {name!r}")
     weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
     cams = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))
     cams = cams / (tf.reduce_max(cams, axis=(1, 2), keepdims=True) + 1e-12)
