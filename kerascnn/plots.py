@@ -59,7 +59,7 @@ def confusion_matrix_figure(confusion: dict) -> Figure:
     """Counts and row-normalized confusion matrices side by side, true classes as rows."""
     names = confusion["labels"]
     n = len(names)
-    side = min(max(4.0, 0.55 * n + 2.5), 14.0)
+    side = min(max(3.8, 0.4 * n + 2.4), 12.0)
     figure = new_figure(2 * side + 0.6, side)
     axes = figure.subplots(1, 2)
     panels = ((np.asarray(confusion["counts"]), "d", "Counts"),
@@ -74,7 +74,7 @@ def confusion_matrix_figure(confusion: dict) -> Figure:
         ax.set_ylabel("True class")
         if n <= MAX_LABELLED_CLASSES:
             for text in display.text_.ravel():
-                text.set_fontsize(max(6, 11 - n // 4))
+                text.set_fontsize(max(6, 12 - n // 3))
     return figure
 
 

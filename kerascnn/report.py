@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kerascnn import plots
 from kerascnn.config import EvaluateConfig, RunConfig
 from kerascnn.data.datasets import ImageData
 from kerascnn.errors import DataError, ModelLoadError
 from kerascnn.evaluation import (NotApplicable, diagnostics, embeddings, gradcam, per_example_loss,
-                                 positive_class_index, predict_function, predict_split, split_images, trace_layers)
-from kerascnn import plots
+                                 positive_class_index, predict_function, predict_split, split_images)
 
 DEFAULT_ARTIFACT = "model.keras"
 METRICS_FILE, HTML_FILE, MARKDOWN_FILE = "metrics.json", "report.html", "report.md"
@@ -60,16 +60,17 @@ FIGURES = {
 
 @dataclasses.dataclass
 class Report:
-    """An evaluation report: its folder, metrics.json's content, the figures (PNG bytes) and notes."""
+    """An evaluation report: metrics.json's content, the figures (PNG bytes), notes on what was skipped,
+    and the folder it was saved in (None until `save`)."""
 
-    folder: Path
     metrics: dict
     figures: dict[str, bytes]
     notes: list[str]
+    folder: Path | None = None
 
     @property
-    def html_path(self) -> Path:
-        return self.folder / HTML_FILE
+    def html_path(self) -> Path | None:
+        return None if self.folder is None else self.folder / HTML_FILE
 
 
 def report_folder(run_dir: str | Path, artifact: str = DEFAULT_ARTIFACT) -> Path:
@@ -129,11 +130,11 @@ def build_report(data: ImageData, model, config: EvaluateConfig | None = None, a
     else:
         notes.append("training curves skipped: the run directory has no history.csv")
     figures.update(_image_figures(data, model, probabilities, labels, config, seed, notes))
+    pngs = {name: plots.png_bytes(figure) for name, figure in figures.items()}
     metrics["notes"] = notes
     metrics["report_seconds"] = round(time.perf_counter() - start, 2)
     metrics["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return Report(folder=Path("."), metrics=metrics, figures={name: plots.png_bytes(f) for name, f in figures.items()},
-                  notes=notes)
+    return Report(metrics=metrics, figures=pngs, notes=notes)
 
 
 def compare(metrics: dict, reference: dict) -> dict:
@@ -158,7 +159,7 @@ def _image_figures(data: ImageData, model, probabilities: np.ndarray, labels: np
     # Grad-CAM shows the first image of each class, then the second of each, ...: every class appears.
     rank = pd.Series(labels).groupby(labels).cumcount().to_numpy()
     cam = np.lexsort((labels, rank))[:GRADCAM_IMAGES]
-    wanted = np.union1d(top, np.concatenate([sample, cam]) if keras_model is not None else [])
+    wanted = np.union1d(top, np.concatenate([sample, cam]) if keras_model is not None else np.array([], int))
     pixels = dict(zip(wanted.tolist(), split_images(data, wanted)))
     figures = {}
     if len(top):
