@@ -37,6 +37,8 @@ def _add_train(sub) -> None:
     p.add_argument("--name", help="run directory name (default <dataset>-<model>-<time>)")
     p.add_argument("--seed", type=int)
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run directory")
+    p.add_argument("--no-report", dest="report", action="store_false", default=None,
+                   help="skip the evaluation report (metrics.json, figures, report.html)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config value, e.g. --set train.optimizer=sgd (repeatable)")
 
@@ -44,7 +46,7 @@ def _add_train(sub) -> None:
 # CLI flag -> dotted config key, for the flags that are shortcuts of config values.
 TRAIN_FLAGS = {"dataset": "data.dataset", "model": "model.name", "epochs": "train.epochs",
                "batch_size": "train.batch_size", "learning_rate": "train.learning_rate", "output": "run.output",
-               "name": "run.name", "seed": "run.seed", "overwrite": "run.overwrite"}
+               "name": "run.name", "seed": "run.seed", "overwrite": "run.overwrite", "report": "evaluate.report"}
 
 
 def config_from_args(args):
@@ -61,6 +63,8 @@ def cmd_train(args) -> int:
     print_artifacts(result.manifest["artifacts"])
     print(f"run directory: {result.run_dir}")
     print(f"test accuracy: {result.test_metrics['accuracy']:.4f}")
+    if result.report:
+        print(f"report: {result.report.html_path}")
     return EXIT_OK
 
 
@@ -73,25 +77,44 @@ def print_artifacts(artifacts: dict) -> None:
               f"{parity['max_abs_diff']:>11.1e}")
 
 
-def _run_config(run_dir: Path):
-    from kerascnn.config import config_from_dict, read_config_file
+def _run_config(run_dir: Path, overrides: list[str] = (), values: dict | None = None):
+    from kerascnn.config import load_config
 
     if not (run_dir / "config.toml").is_file():
         raise KerasCNNError(f"{str(run_dir)!r} is not a kerascnn run directory (no config.toml); pass a folder "
                             f"written by `kerascnn train`")
-    return config_from_dict(read_config_file(run_dir / "config.toml"))
+    return load_config(run_dir / "config.toml", overrides=overrides, values=values)
+
+
+# `kerascnn evaluate` flag -> dotted config key.
+EVALUATE_FLAGS = {"dataset": "data.dataset", "target_sensitivity": "evaluate.target_sensitivity",
+                  "positive_class": "evaluate.positive_class"}
 
 
 def cmd_evaluate(args) -> int:
-    from kerascnn.data.datasets import load_data
-    from kerascnn.evaluation import evaluate
-    from kerascnn.predict import load
-
     run_dir = Path(args.run_dir)
-    config = _run_config(run_dir)
-    predictor = load(run_dir / (args.artifact or "model.keras"))
-    metrics = evaluate(predictor, load_data(config.data, seed=config.run.seed))
-    print(json.dumps(metrics, indent=2))
+    values = {key: getattr(args, flag) for flag, key in EVALUATE_FLAGS.items() if getattr(args, flag) is not None}
+    config = _run_config(run_dir, args.set, values)
+
+    from kerascnn.report import evaluate_run
+
+    report = evaluate_run(run_dir, args.artifact, config)
+    metrics = report.metrics
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return EXIT_OK
+    auc = ", ".join(f"{key} {value:.4f}" for key, value in metrics["roc_auc"].items() if value is not None)
+    print(f"{metrics['artifact']} on {metrics['dataset']} ({metrics['n']} test images): accuracy "
+          f"{metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, ROC AUC {auc or 'n/a'}")
+    if metrics["threshold"]:
+        threshold = metrics["threshold"]
+        point = threshold["at_target"]
+        print(f"threshold for {threshold['positive_class']!r} at sensitivity >= {threshold['target_sensitivity']:g}: "
+              f"{point['threshold']:.4g} (sensitivity {point['sensitivity']:.4f}, specificity "
+              f"{point['specificity']:.4f})")
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"report: {report.html_path}")
     return EXIT_OK
 
 
@@ -166,9 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow logs")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
-    p = sub.add_parser("evaluate", help="test metrics of a run's model or another artifact")
+    p = sub.add_parser("evaluate", help="test metrics, figures and report of a run's model or another artifact")
     p.add_argument("run_dir")
-    p.add_argument("--artifact", help="artifact inside the run directory (default model.keras)")
+    p.add_argument("--artifact", help="artifact inside the run directory (default model.keras); its report goes "
+                                      "to reports/<artifact>/")
+    p.add_argument("--dataset", help="evaluate on another dataset with the same classes (default: the run's)")
+    p.add_argument("--target-sensitivity", type=float, help="sensitivity the reported threshold reaches (default 0.95)")
+    p.add_argument("--positive-class", help="class name whose thresholds are reported (default: the second of two)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a value of the run's config, e.g. --set evaluate.tsne_sample=200 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
     p = sub.add_parser("export", help="write and verify a run's artifacts again from model.keras")
     p.add_argument("run_dir")
     p = sub.add_parser("predict", help="classify images with any artifact")

@@ -203,6 +203,32 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """The evaluation report written into the run directory.
+
+    Attributes:
+        report: write metrics.json, the figures, report.html and report.md at the end of training
+            (default True; `kerascnn train --no-report` turns it off).
+        target_sensitivity: sensitivity (recall of the positive class) the decision threshold must reach;
+            the report gives that threshold and the specificity it costs (default 0.95).
+        positive_class: class name whose threshold is reported; default: the second class of a binary
+            task, none for multi-class tasks.
+        tsne_sample: test images embedded with t-SNE; kept small because the report runs after every
+            training (default 500).
+    """
+
+    report: bool = True
+    target_sensitivity: float = 0.95
+    positive_class: str | None = None
+    tsne_sample: int = 500
+
+    def __post_init__(self):
+        _check(0.0 < self.target_sensitivity <= 1.0,
+               f"evaluate.target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
+        _check(self.tsne_sample >= 0, f"evaluate.tsne_sample must be >= 0 (0 skips t-SNE), got {self.tsne_sample}")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """The whole run: one section a stage. `RunConfig()` is the embedded default (digits, cnn)."""
 
@@ -211,6 +237,7 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
 
     def replace(self, section: str, **changes) -> "RunConfig":
         """A copy with `changes` applied to one section, validated again."""

@@ -21,9 +21,10 @@ from kerascnn import __version__
 from kerascnn.config import RunConfig
 from kerascnn.data.datasets import ImageData, load_data
 from kerascnn.errors import ConfigError
-from kerascnn.evaluation import evaluate
+from kerascnn.evaluation import evaluate, positive_class_index
 from kerascnn.export import export
 from kerascnn.models.registry import build_model
+from kerascnn.report import Report, write_report
 from kerascnn.training import train
 
 MANIFEST_FILE = "manifest.json"
@@ -32,13 +33,14 @@ CONFIG_FILE = "config.toml"
 
 @dataclasses.dataclass
 class RunResult:
-    """What `run` produced: where, the model, its test metrics and the manifest written."""
+    """What `run` produced: where, the model, its test metrics, the manifest and the evaluation report."""
 
     run_dir: Path
     model: keras.Model
     data: ImageData
     test_metrics: dict
     manifest: dict
+    report: Report | None = None
 
 
 def run_name(config: RunConfig) -> str:
@@ -89,7 +91,8 @@ def write_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metri
 
 
 def run(config: RunConfig | None = None, data: ImageData | None = None) -> RunResult:
-    """Train, evaluate and export one run described by `config`.
+    """Train, evaluate and export one run described by `config`, then write its report (unless
+    `evaluate.report` is false).
 
     Args:
         config: a RunConfig (default RunConfig(): digits with the seed CNN).
@@ -103,6 +106,7 @@ def run(config: RunConfig | None = None, data: ImageData | None = None) -> RunRe
     keras.utils.set_random_seed(config.run.seed)
     data = data or load_data(config.data, seed=config.run.seed)
     model = build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
+    positive_class_index(data.class_names, config.evaluate.positive_class)  # a typo fails before training
     if run_dir.exists():  # --overwrite was given: the old run goes only now that inputs are known good
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -112,4 +116,6 @@ def run(config: RunConfig | None = None, data: ImageData | None = None) -> RunRe
     test_metrics = evaluate(model, data)
     artifacts = export(model, run_dir, data, config.export)
     manifest = write_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run, artifacts)
-    return RunResult(run_dir=run_dir, model=model, data=data, test_metrics=test_metrics, manifest=manifest)
+    report = write_report(run_dir, data, model, config.evaluate, seed=config.run.seed) if config.evaluate.report else None
+    return RunResult(run_dir=run_dir, model=model, data=data, test_metrics=test_metrics, manifest=manifest,
+                     report=report)
