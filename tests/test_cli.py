@@ -91,7 +91,7 @@ def test_predict_and_evaluate_commands(default_run, tmp_path, capsys):
     assert main(["predict", str(default_run.run_dir / "model.tflite"), str(tmp_path), "--json", "--top-k", "2"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["predictions"][0]["class"] == expected and len(rows[0]["predictions"]) == 2
-    assert main(["evaluate", str(default_run.run_dir)]) == 0
+    assert main(["evaluate", str(default_run.run_dir), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["accuracy"] == pytest.approx(default_run.test_metrics["accuracy"])
     assert main(["predict", str(tmp_path / "digit.png"), str(tmp_path)]) == 2
