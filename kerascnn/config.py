@@ -151,7 +151,8 @@ class AugmentConfig:
             value = getattr(self, name)
             _check(value >= 0.0, f"augment.{name} must be a fraction in [0, 1) or a number of pixels >= 1, "
                                  f"got {value}")
-        _check(0.0 <= self.shear_range < 90.0, f"augment.shear_range must be in [0, 90) degrees, got {self.shear_range}")
+        _check(0.0 <= self.shear_range < 90.0,
+               f"augment.shear_range must be in [0, 90) degrees, got {self.shear_range}")
         if isinstance(self.zoom_range, (tuple, list)):
             object.__setattr__(self, "zoom_range", tuple(float(v) for v in self.zoom_range))
             _check(len(self.zoom_range) == 2 and 0.0 < self.zoom_range[0] <= self.zoom_range[1],
