@@ -2,6 +2,7 @@
 
 Public API (each stage usable alone):
     load_data, from_arrays  -> ImageData (train/validation/test tf.data splits)
+    make_augment            -> random training-batch augmentation (ImageDataGenerator's parameters)
     build_model, list_models -> a Keras model taking raw pixels, returning probabilities
     train                   -> fit with checkpoints, early stopping, history
     evaluate                -> test metrics
@@ -18,7 +19,8 @@ import importlib
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "RunConfig": "kerascnn.config", "load_config": "kerascnn.config",
+    "RunConfig": "kerascnn.config", "load_config": "kerascnn.config", "AugmentConfig": "kerascnn.config",
+    "make_augment": "kerascnn.data.augment",
     "ImageData": "kerascnn.data.datasets", "from_arrays": "kerascnn.data.datasets",
     "load_data": "kerascnn.data.datasets",
     "build_model": "kerascnn.models", "list_models": "kerascnn.models",

@@ -1,4 +1,4 @@
-"""`kerascnn` command line: train | evaluate | export | predict | datasets (and more as they are added).
+"""`kerascnn` command line: train | evaluate | export | predict | datasets | augment-preview | bench.
 
 Errors a user can fix are one line on stderr with exit code 2 (1 for a failed export or training);
 `--debug` shows the traceback. TensorFlow's start-up chatter is silenced unless `--debug`.
@@ -173,6 +173,45 @@ def cmd_bench(args) -> int:
     return EXIT_OK
 
 
+def cmd_augment_preview(args) -> int:
+    import dataclasses
+
+    from kerascnn.config import load_config
+    from kerascnn.data.augment import PREVIEW_FORMATS, SEED_AUGMENTATION, make_augment, save_preview
+    from kerascnn.data.datasets import load_data
+
+    out = Path(args.out)
+    if out.suffix.lower() not in PREVIEW_FORMATS:
+        raise KerasCNNError(f"--out {args.out!r} must end in one of {', '.join(PREVIEW_FORMATS)}")
+    if args.images < 1 or args.variants < 1:
+        raise KerasCNNError("--images and --variants must be at least 1")
+    config = load_config(args.config, args.preset, args.set, {"data.dataset": args.dataset} if args.dataset else None)
+    augment_config = config.augment
+    if not augment_config.enabled:
+        augment_config = dataclasses.replace(SEED_AUGMENTATION, backend=augment_config.backend)
+        print("no augmentation configured: showing the seeds' ImageDataGenerator parameters "
+              "(rotation 20, shifts 0.1, shear 10, zoom 0.1, horizontal flip)", file=sys.stderr)
+    data = load_data(config.data, seed=config.run.seed)
+    images, labels = next(data.train.batch(args.images).as_numpy_iterator())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_preview(images, [data.class_names[label] for label in labels], make_augment(augment_config, config.run.seed),
+                 out, variants=args.variants)
+    print(f"augmentation preview: {out}")
+    return EXIT_OK
+
+
+def _add_augment_preview(sub) -> None:
+    p = sub.add_parser("augment-preview", help="save a grid of training images beside augmented variants")
+    p.add_argument("--out", required=True, help="image file to write (.png, .jpg, .pdf, .svg)")
+    p.add_argument("--config", help="TOML config file; its [augment] and [data] sections are used")
+    p.add_argument("--preset", help="packaged preset name")
+    p.add_argument("--dataset", help="dataset name, tfds:<name> or image-folder path (default digits)")
+    p.add_argument("--images", type=int, default=8, help="training images shown, one per row (default 8)")
+    p.add_argument("--variants", type=int, default=6, help="augmented versions of each image (default 6)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config value, e.g. --set augment.rotation_range=30 (repeatable)")
+
+
 def _add_bench(sub) -> None:
     from kerascnn.bench import load_benches
 
@@ -208,12 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of tab-separated lines")
     p.add_argument("--unsafe", action="store_true", help="allow code inside Keras model files to run")
     sub.add_parser("datasets", help="list the dataset sources")
+    _add_augment_preview(sub)
     _add_bench(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
-            "datasets": cmd_datasets, "bench": cmd_bench}
+            "datasets": cmd_datasets, "augment-preview": cmd_augment_preview, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

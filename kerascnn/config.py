@@ -101,6 +101,93 @@ class DataConfig:
         _check(self.shuffle_buffer > 0, f"data.shuffle_buffer must be positive, got {self.shuffle_buffer}")
 
 
+FILL_MODES = ("constant", "nearest", "reflect", "wrap")
+AUGMENT_BACKENDS = ("fast", "legacy")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation of training batches, with ImageDataGenerator's parameters and meanings.
+
+    Everything at its default means no augmentation; validation and test data are never augmented.
+
+    Attributes:
+        rotation_range: rotate by a uniform angle in [-r, r] degrees, r in [0, 180] (default 0).
+        width_shift_range: shift horizontally by a uniform amount in [-s, s]: a fraction of the width
+            when s < 1, pixels when s >= 1 (default 0).
+        height_shift_range: the same vertically, as a fraction of the height or in pixels (default 0).
+        shear_range: shear by a uniform angle in [-s, s] degrees, s in [0, 90) (default 0).
+        zoom_range: zoom factors drawn uniformly from [1 - z, 1 + z] for a number z in [0, 1), or from
+            [low, high] for a pair, independently for width and height; factors > 1 zoom out (default 0).
+        horizontal_flip: flip left-right with probability 1/2 (default False).
+        vertical_flip: flip upside down with probability 1/2 (default False).
+        fill_mode: how pixels outside the image are filled: constant | nearest | reflect | wrap
+            (default nearest).
+        cval: the pixel value of fill_mode "constant" (default 0).
+        brightness_range: multiply pixels by a factor drawn from [low, high] (default None: off).
+        channel_shift_range: add a uniform offset in [-c, c] to every channel, clipped to the image's
+            value range (default 0).
+        backend: fast (OpenCV inside the tf.data pipeline) | legacy (the real Keras
+            ImageDataGenerator with its own input path) (default fast).
+    """
+
+    rotation_range: float = 0.0
+    width_shift_range: float = 0.0
+    height_shift_range: float = 0.0
+    shear_range: float = 0.0
+    zoom_range: tuple[float, ...] | float = 0.0
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    fill_mode: str = "nearest"
+    cval: float = 0.0
+    brightness_range: tuple[float, ...] | None = None
+    channel_shift_range: float = 0.0
+    backend: str = "fast"
+
+    def __post_init__(self):
+        _check(0.0 <= self.rotation_range <= 180.0,
+               f"augment.rotation_range must be in [0, 180] degrees, got {self.rotation_range}")
+        for name in ("width_shift_range", "height_shift_range"):
+            value = getattr(self, name)
+            _check(value >= 0.0, f"augment.{name} must be a fraction in [0, 1) or a number of pixels >= 1, "
+                                 f"got {value}")
+        _check(0.0 <= self.shear_range < 90.0,
+               f"augment.shear_range must be in [0, 90) degrees, got {self.shear_range}")
+        if isinstance(self.zoom_range, (tuple, list)):
+            object.__setattr__(self, "zoom_range", tuple(float(v) for v in self.zoom_range))
+            _check(len(self.zoom_range) == 2 and 0.0 < self.zoom_range[0] <= self.zoom_range[1],
+                   f"augment.zoom_range must be [low, high] with 0 < low <= high, got {list(self.zoom_range)}")
+        else:
+            _check(0.0 <= self.zoom_range < 1.0,
+                   f"augment.zoom_range must be a number in [0, 1) or [low, high] with 0 < low <= high, "
+                   f"got {self.zoom_range}")
+        _check(self.fill_mode in FILL_MODES, f"augment.fill_mode: unknown mode {self.fill_mode!r}"
+               f"{_suggest(self.fill_mode, FILL_MODES)}; choose from {', '.join(FILL_MODES)}")
+        if self.brightness_range is not None:
+            object.__setattr__(self, "brightness_range", tuple(float(v) for v in self.brightness_range))
+            _check(len(self.brightness_range) == 2 and 0.0 <= self.brightness_range[0] <= self.brightness_range[1],
+                   f"augment.brightness_range must be [low, high] with 0 <= low <= high, "
+                   f"got {list(self.brightness_range)}")
+        _check(self.channel_shift_range >= 0.0,
+               f"augment.channel_shift_range must be >= 0, got {self.channel_shift_range}")
+        _check(self.backend in AUGMENT_BACKENDS, f"augment.backend: unknown backend {self.backend!r}"
+               f"{_suggest(self.backend, AUGMENT_BACKENDS)}; choose from {', '.join(AUGMENT_BACKENDS)}")
+
+    @property
+    def zoom_bounds(self) -> tuple[float, float]:
+        """The zoom range as [low, high], the way ImageDataGenerator reads a single number."""
+        if isinstance(self.zoom_range, tuple):
+            return self.zoom_range
+        return 1.0 - self.zoom_range, 1.0 + self.zoom_range
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any random transformation is configured."""
+        return bool(self.rotation_range or self.width_shift_range or self.height_shift_range or self.shear_range
+                    or self.zoom_bounds != (1.0, 1.0) or self.horizontal_flip or self.vertical_flip
+                    or self.brightness_range is not None or self.channel_shift_range)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Which network to build.
@@ -234,6 +321,7 @@ class RunConfig:
 
     run: RunSection = dataclasses.field(default_factory=RunSection)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
@@ -271,7 +359,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, options[0], where)
+        for option in options[:-1]:  # e.g. zoom_range: a list or a number; the last option reports errors
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+        return _coerce(value, options[-1], where)
     if origin is tuple:
         _check(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
         item_type = typing.get_args(annotation)[0]

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from kerascnn import __version__
 from kerascnn.config import RunConfig
+from kerascnn.data.augment import make_augment
 from kerascnn.data.datasets import ImageData, load_data
 from kerascnn.errors import ConfigError
 from kerascnn.evaluation import evaluate, positive_class_index
@@ -107,12 +108,13 @@ def run(config: RunConfig | None = None, data: ImageData | None = None) -> RunRe
     data = data or load_data(config.data, seed=config.run.seed)
     model = build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
     positive_class_index(data.class_names, config.evaluate.positive_class)  # a typo fails before training
+    augment = make_augment(config.augment, seed=config.run.seed, data=data)
     if run_dir.exists():  # --overwrite was given: the old run goes only now that inputs are known good
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / CONFIG_FILE).write_text(config.to_toml(), encoding="utf-8")
     result = train(model, data, config.train, run_dir, seed=config.run.seed, cache=config.data.cache,
-                   shuffle_buffer=config.data.shuffle_buffer)
+                   shuffle_buffer=config.data.shuffle_buffer, augment=augment)
     test_metrics = evaluate(model, data)
     artifacts = export(model, run_dir, data, config.export)
     manifest = write_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run, artifacts)

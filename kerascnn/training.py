@@ -94,7 +94,9 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
         config: a TrainConfig (default TrainConfig()).
         run_dir: where checkpoints, history.csv and logs go; None keeps nothing on disk.
         seed: shuffling seed (default 42).
-        augment: optional batch function (images, labels) -> (images, labels) for training batches.
+        augment: optional batch function (images, labels) -> (images, labels) for training batches, or an
+            object with `training_batches(data, batch_size, seed)` that serves the training batches
+            itself (the legacy ImageDataGenerator backend of `kerascnn.data.augment.make_augment`).
 
     Example:
         result = train(build_model("cnn", data.input_shape, data.num_classes), data, TrainConfig(epochs=5))
@@ -102,8 +104,11 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
     config = config or TrainConfig()
     steps = max(1, math.ceil(data.counts["train"] / config.batch_size))
     compile_model(model, config, steps)
-    train_ds = batches(data.train, config.batch_size, data.num_classes, training=True, seed=seed, cache=cache,
-                       shuffle_buffer=shuffle_buffer, augment=augment)
+    if hasattr(augment, "training_batches"):
+        train_ds = augment.training_batches(data, config.batch_size, seed)
+    else:
+        train_ds = batches(data.train, config.batch_size, data.num_classes, training=True, seed=seed, cache=cache,
+                           shuffle_buffer=shuffle_buffer, augment=augment)
     val_ds = batches(data.validation, config.batch_size, data.num_classes, cache=cache)
     start = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=config.verbose, shuffle=False,

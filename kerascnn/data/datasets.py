@@ -39,6 +39,7 @@ class ImageData:
         train, validation, test: unbatched tf.data datasets.
         counts: number of images in each split.
         arrays: the numpy arrays behind each split for in-memory sources (None for streamed ones).
+        files: the image paths and labels behind each split for image folders (None otherwise).
     """
 
     name: str
@@ -49,6 +50,7 @@ class ImageData:
     test: tf.data.Dataset
     counts: dict[str, int]
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    files: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def num_classes(self) -> int:

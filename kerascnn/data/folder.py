@@ -104,4 +104,5 @@ def load_folder(root: Path, config: DataConfig, seed: int):
     channels = guess_channels(list(paths))
     splits = {split: file_dataset(paths[idx], labels[idx], channels, image_size) for split, idx in split_index.items()}
     return ImageData(name=str(root), class_names=class_names, input_shape=(*image_size, channels),
-                     counts={split: len(idx) for split, idx in split_index.items()}, **splits)
+                     counts={split: len(idx) for split, idx in split_index.items()},
+                     files={split: (paths[idx], labels[idx]) for split, idx in split_index.items()}, **splits)
