@@ -174,8 +174,9 @@ def cmd_bench(args) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
+        width = max(32, *(len(key) + 2 for key in results))
         for key, value in results.items():
-            print(f"{key:<32}{value}")
+            print(f"{key:<{width}}{value}")
     return EXIT_OK
 
 

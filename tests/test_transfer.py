@@ -78,6 +78,7 @@ def test_feature_extraction_adapts_raw_grayscale_and_freezes_the_backbone():
     body = _backbone_layers(model)
     assert len(body) == 153 and not any(layer.trainable for layer in body)
     assert [w.path for w in model.trainable_weights] == ["probabilities/kernel", "probabilities/bias"]
+    assert isinstance(model.get_layer("pool"), keras.layers.GlobalAveragePooling2D)
     probabilities = np.asarray(model(_pixels(2), training=False))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
@@ -138,6 +139,8 @@ def test_cnn_backbone_reuses_a_kerascnn_model_file(cnn_run_model):
     np.testing.assert_array_equal(np.asarray(model.get_layer("backbone")(images)), np.asarray(features(images)))
     truncated = build_transfer_model("cnn", (8, 8, 1), 3, "truncate", str(cnn_run_model), "pool_0", filters=(8, 16))
     assert _backbone_layers(truncated)[-1].name == "pool_0"
+    assert isinstance(truncated.get_layer("pool"), keras.layers.Flatten)  # the cnn's own head flattens
+    assert truncated.get_layer("probabilities").kernel.shape == (4 * 4 * 8, 3)
 
 
 def test_cnn_backbone_refuses_a_model_file_without_a_backbone(tmp_path, cnn_run_model):
@@ -157,6 +160,7 @@ def test_cnn_backbone_refuses_a_model_file_without_a_backbone(tmp_path, cnn_run_
     ({"model.backbone": "mobilenetv2"}, "unknown backbone 'mobilenetv2' \\(did you mean 'mobilenet_v2'"),
     ({"model.options": {"alpah": 0.35}}, "no option 'alpah' \\(did you mean 'alpha'"),
     ({"model.options": {"size": 16}}, "below mobilenet_v2's minimum input size 32"),
+    ({"model.options": {"pooling": "mean"}}, "pooling must be one of avg, max, flatten"),
     ({"model.name": "mlp"}, "drop model.name"),
     ({"model.transfer": "fine_tune", "train.epochs": 1}, "train.epochs >= 2"),
 ])

@@ -9,7 +9,7 @@ the backbone's own `preprocess_input` runs as a registered layer, so artifacts n
 preprocessing and `.keras` files still load with Keras safe_mode (which refuses Lambda layers).
 
 Strategies (the seeds' four cases, chosen by dataset size and similarity to the pre-training data):
-    feature_extraction  small, similar: backbone frozen, new head (global pooling, dropout, softmax).
+    feature_extraction  small, similar: backbone frozen, new head (pooling, dropout, softmax).
     truncate            small, different: backbone cut at an early layer (`cut_at`), frozen, new head.
     fine_tune           large, similar: head first, then the top `unfreeze` layers at learning rate x 0.1,
                         BatchNormalization kept in inference mode; both phases in one history.
@@ -38,7 +38,11 @@ DEFAULT_UNFREEZE = 20  # as in the Keras fine-tuning guide: the top 20 layers
 FINE_TUNE_RATE_FACTOR = 0.1
 BACKBONE_LAYER = "backbone"
 CNN_FEATURES_LAYER = "conv_dropout"  # the `cnn` builder's last feature map, before Flatten and the dense head
-HEAD_OPTIONS = {"dropout": 0.2, "size": None}
+HEAD_OPTIONS = {"dropout": 0.2, "size": None, "pooling": None}
+# How the head turns the backbone's feature maps into a vector: Keras applications' own `pooling="avg"`,
+# "max", or Flatten, which keeps the layout of the small maps of a (truncated) cnn on 28x28 images.
+POOLING_LAYERS = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D,
+                  "flatten": keras.layers.Flatten}
 # Constructor arguments kerascnn sets itself; every other keyword (alpha, minimalistic, ...) is a model option.
 MANAGED_ARGUMENTS = {"include_top", "weights", "input_tensor", "input_shape", "pooling", "classes",
                      "classifier_activation", "name", "include_preprocessing", "dropout_rate"}
@@ -56,6 +60,7 @@ class Backbone:
         channels: input channels it expects (None: the images' own).
         cut_points: suggested `cut_at` layers for truncation, early to late (ends of the stride 4/8/16 stages).
         imagenet: whether `weights="imagenet"` exists for it.
+        pooling: the head's default pooling (avg | max | flatten), as the network's own top does it.
     """
 
     constructor: Callable
@@ -65,6 +70,7 @@ class Backbone:
     channels: int | None
     cut_points: tuple[str, ...]
     imagenet: bool = True
+    pooling: str = "avg"
 
     def options(self) -> dict:
         """Keyword options a config may pass to the constructor, with their defaults."""
@@ -132,7 +138,7 @@ BACKBONES: dict[str, Backbone] = {
                           cut_points=("reduction_concat_stem_2", "reduction_concat_reduce_4")),
     "nasnet_large": _row(_apps.NASNetLarge, _apps.nasnet, 331,
                          cut_points=("reduction_concat_stem_2", "reduction_concat_reduce_6")),
-    "cnn": Backbone(cnn_backbone, None, None, 1, None, ("pool_0", "pool_1"), imagenet=False),
+    "cnn": Backbone(cnn_backbone, None, None, 1, None, ("pool_0", "pool_1"), imagenet=False, pooling="flatten"),
 }
 
 
@@ -142,7 +148,8 @@ def list_backbones() -> list[dict]:
              "constructor": f"{row.constructor.__module__.replace('.src', '')}.{row.constructor.__name__}",
              "preprocess_input": (f"{row.preprocess_input.__module__.replace('.src', '')}.preprocess_input"
                                   if row.preprocess_input else None),
-             "imagenet": row.imagenet, "cut_points": list(row.cut_points), "options": sorted(row.options())}
+             "imagenet": row.imagenet, "pooling": row.pooling, "cut_points": list(row.cut_points),
+             "options": sorted(row.options())}
             for name, row in BACKBONES.items()]
 
 
@@ -170,6 +177,9 @@ def check_backbone_options(backbone: str, options: dict) -> None:
     dropout = options.get("dropout", HEAD_OPTIONS["dropout"])
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"model option dropout must be in [0, 1), got {dropout}")
+    pooling = options.get("pooling") or row.pooling
+    if pooling not in POOLING_LAYERS:
+        raise ConfigError(f"model option pooling must be one of {', '.join(POOLING_LAYERS)}, got {pooling!r}")
 
 
 @keras.saving.register_keras_serializable(package="kerascnn")
@@ -324,8 +334,9 @@ def build_transfer_model(backbone: str, input_shape, num_classes: int, transfer:
         weights: "imagenet", "none" or a local file (default: imagenet, or none for from_scratch).
         cut_at: the layer (name or index) truncate cuts at; required for truncate only.
         **options: `dropout` before the output layer (default 0.2); `size`, the side the backbone sees
-            (default: the image size raised to the backbone's minimum); and the backbone constructor's
-            own options (e.g. alpha=0.35).
+            (default: the image size raised to the backbone's minimum); `pooling` of the feature maps,
+            avg | max | flatten (default: the table's, avg for keras.applications, flatten for cnn);
+            and the backbone constructor's own options (e.g. alpha=0.35).
 
     Example:
         model = build_transfer_model("cnn", (28, 28, 1), 5, "truncate", "run/model.keras", cut_at="pool_1")
@@ -335,7 +346,7 @@ def build_transfer_model(backbone: str, input_shape, num_classes: int, transfer:
     ModelConfig(backbone=backbone, transfer=transfer, weights=weights, cut_at=cut_at, options=options)  # validates
     weights = weights or ("none" if transfer == "from_scratch" else "imagenet")
     backbone_options = dict(options)
-    dropout, size = (backbone_options.pop(key, default) for key, default in HEAD_OPTIONS.items())
+    dropout, size, pooling = (backbone_options.pop(key, default) for key, default in HEAD_OPTIONS.items())
     row = get_backbone(backbone)
     input_shape = tuple(int(s) for s in input_shape)
     seen_shape = network_input_shape(row, input_shape, size)
@@ -353,7 +364,7 @@ def build_transfer_model(backbone: str, input_shape, num_classes: int, transfer:
         x = BackbonePreprocessing(backbone, name="preprocess")(x)
     # training=False keeps BatchNormalization in inference mode even once layers are unfrozen (fine_tune).
     x = network(x, training=False) if pretrained else network(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = POOLING_LAYERS[pooling or row.pooling](name="pool")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(images, outputs, name=f"{backbone}_{transfer}")
