@@ -41,12 +41,26 @@ def _add_train(sub) -> None:
                    help="skip the evaluation report (metrics.json, figures, report.html)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config value, e.g. --set train.optimizer=sgd (repeatable)")
+    p.add_argument("--backbone", help="pre-trained backbone (see `kerascnn backbones`) instead of --model")
+    p.add_argument("--transfer", help="feature_extraction | truncate | fine_tune | from_scratch "
+                                      "(default feature_extraction)")
+    p.add_argument("--weights", help="imagenet | none | PATH of a weights file or a run's model.keras "
+                                     "(default imagenet; none for from_scratch)")
+    p.add_argument("--cut-at", type=_layer_ref, metavar="LAYER", help="layer name or index truncate cuts at")
+    p.add_argument("--unfreeze", type=int, metavar="N", help="top backbone layers fine_tune unfreezes (default 20)")
+
+
+def _layer_ref(text: str) -> int | str:
+    """A layer index when the text is an integer, else a layer name."""
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 # CLI flag -> dotted config key, for the flags that are shortcuts of config values.
 TRAIN_FLAGS = {"dataset": "data.dataset", "model": "model.name", "epochs": "train.epochs",
                "batch_size": "train.batch_size", "learning_rate": "train.learning_rate", "output": "run.output",
-               "name": "run.name", "seed": "run.seed", "overwrite": "run.overwrite", "report": "evaluate.report"}
+               "name": "run.name", "seed": "run.seed", "overwrite": "run.overwrite", "report": "evaluate.report",
+               "backbone": "model.backbone", "transfer": "model.transfer", "weights": "model.weights",
+               "cut_at": "model.cut_at", "unfreeze": "model.unfreeze"}
 
 
 def config_from_args(args):
@@ -161,6 +175,21 @@ def cmd_datasets(args) -> int:
     return EXIT_OK
 
 
+def cmd_backbones(args) -> int:
+    from kerascnn.models.transfer import list_backbones
+
+    rows = list_backbones()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"{'name':<22}{'default':>8}{'min':>5}  {'preprocess_input':<22}cut points")
+    for row in rows:
+        preprocess = (row["preprocess_input"] or "(in the network)").replace("keras.applications.", "")
+        print(f"{row['name']:<22}{row['default_size'] or '-':>8}{row['min_size']:>5}  "
+              f"{preprocess.replace('.preprocess_input', ''):<22}{', '.join(row['cut_points'])}")
+    return EXIT_OK
+
+
 def cmd_bench(args) -> int:
     from kerascnn.bench import BENCHES
 
@@ -168,8 +197,9 @@ def cmd_bench(args) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
+        width = max(32, *(len(key) + 2 for key in results))
         for key, value in results.items():
-            print(f"{key:<32}{value}")
+            print(f"{key:<{width}}{value}")
     return EXIT_OK
 
 
@@ -248,12 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unsafe", action="store_true", help="allow code inside Keras model files to run")
     sub.add_parser("datasets", help="list the dataset sources")
     _add_augment_preview(sub)
+    p = sub.add_parser("backbones", help="list the pre-trained backbones for --backbone")
+    p.add_argument("--json", action="store_true", help="print a JSON list of objects (name, default_size, min_size, ...)")
     _add_bench(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
-            "datasets": cmd_datasets, "augment-preview": cmd_augment_preview, "bench": cmd_bench}
+            "datasets": cmd_datasets, "augment-preview": cmd_augment_preview, "backbones": cmd_backbones,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

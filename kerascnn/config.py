@@ -188,22 +188,60 @@ class AugmentConfig:
                     or self.brightness_range is not None or self.channel_shift_range)
 
 
+TRANSFER_STRATEGIES = ("feature_extraction", "truncate", "fine_tune", "from_scratch")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Which network to build.
+    """Which network to build: a registered builder, or a pre-trained backbone with a new head.
 
     Attributes:
-        name: a builder from `kerascnn.list_models()` (default `cnn`).
-        options: keyword arguments of that builder, e.g. `{filters = [32, 64], dropout = 0.3}`.
+        name: a builder from `kerascnn.list_models()` (default `cnn`); unused when `backbone` is set.
+        options: keyword arguments of that builder, e.g. `{filters = [32, 64], dropout = 0.3}`; with a
+            backbone: the head's `dropout` and `size` and the backbone constructor's own (e.g. `alpha`).
+        backbone: a name from `kerascnn backbones`; builds a transfer model (default: none).
+        transfer: feature_extraction | truncate | fine_tune | from_scratch (default feature_extraction).
+        weights: imagenet | none | path of a weights file or of a kerascnn run's model.keras
+            (default imagenet; none for from_scratch).
+        cut_at: layer name or index the backbone is cut at; truncate only, and required there.
+        unfreeze: top backbone layers fine_tune unfreezes in its second phase (default 20).
     """
 
     name: str = "cnn"
     options: dict = dataclasses.field(default_factory=dict)
+    backbone: str | None = None
+    transfer: str | None = None
+    weights: str | None = None
+    cut_at: int | str | None = None
+    unfreeze: int | None = None
 
     def __post_init__(self):
-        from kerascnn.models.registry import check_builder_options
+        if self.backbone is None:
+            _check(all(v is None for v in (self.transfer, self.weights, self.cut_at, self.unfreeze)),
+                   "model.transfer, model.weights, model.cut_at and model.unfreeze need model.backbone; "
+                   "run `kerascnn backbones` for names")
+            from kerascnn.models.registry import check_builder_options
 
-        check_builder_options(self.name, self.options)
+            check_builder_options(self.name, self.options)
+            return
+        from kerascnn.models.transfer import check_backbone_options
+
+        _check(self.name == "cnn", f"model.name {self.name!r} and model.backbone {self.backbone!r} both given: "
+                                   f"a transfer model is built from its backbone; drop model.name")
+        transfer = self.transfer or "feature_extraction"
+        _check(transfer in TRANSFER_STRATEGIES, f"model.transfer must be one of {', '.join(TRANSFER_STRATEGIES)}, "
+                                                f"got {self.transfer!r}{_suggest(self.transfer, TRANSFER_STRATEGIES)}")
+        _check((transfer == "truncate") == (self.cut_at is not None),
+               "model.transfer = truncate needs model.cut_at (a layer name or index)" if transfer == "truncate" else
+               f"model.cut_at only applies to model.transfer = truncate, not {transfer}")
+        _check(self.unfreeze is None or transfer == "fine_tune",
+               f"model.unfreeze only applies to model.transfer = fine_tune, not {transfer}")
+        _check(self.unfreeze is None or self.unfreeze >= 0, f"model.unfreeze must be >= 0, got {self.unfreeze}")
+        _check(transfer != "from_scratch" or self.weights in (None, "none"),
+               "model.transfer = from_scratch trains random weights; drop model.weights or set it to none")
+        _check(self.weights is None or self.weights.strip() != "",
+               "model.weights must be imagenet, none or the path of a weights file")
+        check_backbone_options(self.backbone, self.options)
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -326,6 +364,12 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+
+    def __post_init__(self):
+        if self.model.transfer == "fine_tune":
+            from kerascnn.models.transfer import fine_tune_configs
+
+            fine_tune_configs(self.train)  # its two phases must both be valid TrainConfigs
 
     def replace(self, section: str, **changes) -> "RunConfig":
         """A copy with `changes` applied to one section, validated again."""

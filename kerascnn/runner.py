@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -26,6 +27,7 @@ from kerascnn.evaluation import evaluate, positive_class_index
 from kerascnn.export import export
 from kerascnn.models.registry import build_model
 from kerascnn.report import Report, write_report
+from kerascnn.models.transfer import build_from_config, fine_tune
 from kerascnn.training import train
 
 MANIFEST_FILE = "manifest.json"
@@ -49,7 +51,7 @@ def run_name(config: RunConfig) -> str:
         return config.run.name
     dataset = Path(config.data.dataset).name if "/" in config.data.dataset else config.data.dataset
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{dataset.replace(':', '-')}-{config.model.name}-{stamp}"
+    return f"{dataset.replace(':', '-')}-{config.model.backbone or config.model.name}-{stamp}"
 
 
 def prepare_run_dir(config: RunConfig) -> Path:
@@ -106,15 +108,19 @@ def run(config: RunConfig | None = None, data: ImageData | None = None) -> RunRe
     run_dir = prepare_run_dir(config)
     keras.utils.set_random_seed(config.run.seed)
     data = data or load_data(config.data, seed=config.run.seed)
-    model = build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
+    if config.model.backbone:
+        model = build_from_config(config.model, data.input_shape, data.num_classes)
+    else:
+        model = build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
     positive_class_index(data.class_names, config.evaluate.positive_class)  # a typo fails before training
     augment = make_augment(config.augment, seed=config.run.seed, data=data)
     if run_dir.exists():  # --overwrite was given: the old run goes only now that inputs are known good
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / CONFIG_FILE).write_text(config.to_toml(), encoding="utf-8")
-    result = train(model, data, config.train, run_dir, seed=config.run.seed, cache=config.data.cache,
-                   shuffle_buffer=config.data.shuffle_buffer, augment=augment)
+    fit = partial(fine_tune, unfreeze=config.model.unfreeze) if config.model.transfer == "fine_tune" else train
+    result = fit(model, data, config.train, run_dir, seed=config.run.seed, cache=config.data.cache,
+                 shuffle_buffer=config.data.shuffle_buffer, augment=augment)
     test_metrics = evaluate(model, data)
     artifacts = export(model, run_dir, data, config.export)
     manifest = write_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run, artifacts)

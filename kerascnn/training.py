@@ -68,24 +68,30 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int)
     return model
 
 
-def make_callbacks(config: TrainConfig, run_dir: Path | None) -> list[keras.callbacks.Callback]:
-    """TerminateOnNaN and EarlyStopping always; checkpoint, CSV history and TensorBoard in a run dir."""
+def make_callbacks(config: TrainConfig, run_dir: Path | None, continue_from: TrainResult | None = None
+                   ) -> list[keras.callbacks.Callback]:
+    """TerminateOnNaN and EarlyStopping always; checkpoint, CSV history and TensorBoard in a run dir.
+
+    After `continue_from`, history.csv is appended to and the checkpoint is only replaced by a better one.
+    """
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
     if config.early_stopping_patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
                                                        restore_best_weights=True))
     if run_dir is not None:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        best = float(continue_from.history["val_loss"].min()) if continue_from else None
         callbacks += [keras.callbacks.ModelCheckpoint(str(run_dir / CHECKPOINT_FILE), monitor="val_loss",
-                                                      save_best_only=True),
-                      keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE))]
+                                                      save_best_only=True, initial_value_threshold=best),
+                      keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=continue_from is not None)]
         if config.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(str(run_dir / LOG_DIR), profile_batch=0))
     return callbacks
 
 
 def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None, run_dir: Path | None = None,
-          seed: int = 42, cache: bool = True, shuffle_buffer: int = 10000, augment=None) -> TrainResult:
+          seed: int = 42, cache: bool = True, shuffle_buffer: int = 10000, augment=None,
+          continue_from: TrainResult | None = None) -> TrainResult:
     """Compile and fit `model` on `data.train`, validating on `data.validation`.
 
     Args:
@@ -97,6 +103,8 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
         augment: optional batch function (images, labels) -> (images, labels) for training batches, or an
             object with `training_batches(data, batch_size, seed)` that serves the training batches
             itself (the legacy ImageDataGenerator backend of `kerascnn.data.augment.make_augment`).
+        continue_from: an earlier TrainResult of this model (e.g. fine-tuning's head phase): epochs are
+            numbered on from it and the returned result covers both.
 
     Example:
         result = train(build_model("cnn", data.input_shape, data.num_classes), data, TrainConfig(epochs=5))
@@ -110,12 +118,17 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
         train_ds = batches(data.train, config.batch_size, data.num_classes, training=True, seed=seed, cache=cache,
                            shuffle_buffer=shuffle_buffer, augment=augment)
     val_ds = batches(data.validation, config.batch_size, data.num_classes, cache=cache)
+    first_epoch = continue_from.epochs_run if continue_from else 0
     start = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=config.verbose, shuffle=False,
-                        callbacks=make_callbacks(config, Path(run_dir) if run_dir else None))
+    history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch,
+                        epochs=first_epoch + config.epochs, verbose=config.verbose, shuffle=False,
+                        callbacks=make_callbacks(config, Path(run_dir) if run_dir else None, continue_from))
     seconds = time.perf_counter() - start
     frame = pd.DataFrame(history.history)
     frame.insert(0, "epoch", history.epoch)
+    if continue_from:
+        frame = pd.concat([continue_from.history, frame], ignore_index=True)
+        seconds += continue_from.train_seconds
     if not np.isfinite(frame["loss"]).all():
         raise TrainingError("training stopped: the loss became NaN or infinite; lower train.learning_rate "
                             "or check the input data (the best checkpoint so far is kept)")

@@ -1,0 +1,246 @@
+"""Transfer learning: the backbone table, the four strategies' frozen/trainable layers, both weight paths,
+fine-tuning's two phases in one history, offline ImageNet, and artifacts with perfect float parity."""
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from kerascnn import cli
+from kerascnn.config import config_from_dict, load_config
+from kerascnn.data.datasets import from_arrays
+from kerascnn.errors import ConfigError, ModelLoadError
+from kerascnn.models import build_model
+from kerascnn.models.transfer import BACKBONES, build_backbone, build_transfer_model, list_backbones, unfreeze_top
+from kerascnn.runner import run
+
+SMALL = {"alpha": 0.35}  # the smallest MobileNetV2, at its 32x32 minimum input: fast enough for tests
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pixels(n, shape=(8, 8, 1), seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (n, *shape)).astype("float32")
+
+
+def _backbone_layers(model):
+    return [layer for layer in model.get_layer("backbone").layers if not isinstance(layer, keras.layers.InputLayer)]
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    """48 train / 12 test 8x8 grayscale images in 3 classes whose brightness differs."""
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 20)
+    images = np.clip(40 + 80 * labels[:, None, None, None] + rng.normal(0, 20, (60, 8, 8, 1)), 0, 255)
+    return from_arrays(images.astype("uint8"), labels, class_names=["dark", "mid", "light"])
+
+
+@pytest.fixture(scope="module")
+def cnn_run_model(tmp_path_factory):
+    """A kerascnn `cnn` model saved as .keras, as a run writes it: the `--weights PATH` of the cnn backbone."""
+    path = tmp_path_factory.mktemp("pretrained") / "model.keras"
+    build_model("cnn", (8, 8, 1), 4, filters=(8, 16)).save(path)
+    return path
+
+
+def test_backbones_json_lists_the_table(capsys):
+    assert cli.main(["backbones", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) >= 20
+    assert [row["name"] for row in rows] == list(BACKBONES) == [row["name"] for row in list_backbones()]
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["inception_v3"]["default_size"] == 299 and by_name["inception_v3"]["min_size"] == 75
+    assert by_name["mobilenet_v2"]["preprocess_input"] == "keras.applications.mobilenet_v2.preprocess_input"
+    assert "block_6_expand_relu" in by_name["mobilenet_v2"]["cut_points"]
+
+
+@pytest.mark.parametrize("name", ["mobilenet", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "cnn"])
+def test_small_backbones_build_at_their_minimum_size_with_their_cut_points(name):
+    row = BACKBONES[name]
+    network = build_backbone(name, (max(row.min_size, 8),) * 2 + (row.channels or 1,))
+    names = {layer.name for layer in network.layers}
+    assert set(row.cut_points) <= names
+
+
+def test_feature_extraction_adapts_raw_grayscale_and_freezes_the_backbone():
+    model = build_transfer_model("mobilenet_v2", (8, 8, 1), 3, weights="none", **SMALL)
+    assert model.input_shape == (None, 8, 8, 1)
+    assert model.get_layer("gray_to_rgb").output.shape[-1] == 3
+    assert model.get_layer("resize").output.shape[1:3] == (32, 32)
+    assert model.get_layer("preprocess").backbone == "mobilenet_v2"
+    body = _backbone_layers(model)
+    assert len(body) == 153 and not any(layer.trainable for layer in body)
+    assert [w.path for w in model.trainable_weights] == ["probabilities/kernel", "probabilities/bias"]
+    assert isinstance(model.get_layer("pool"), keras.layers.GlobalAveragePooling2D)
+    probabilities = np.asarray(model(_pixels(2), training=False))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cut_at, layers", [("block_3_expand_relu", 29), (30, 30)])
+def test_truncate_cuts_the_backbone_by_name_or_index_and_freezes_it(cut_at, layers):
+    model = build_transfer_model("mobilenet_v2", (8, 8, 1), 3, "truncate", "none", cut_at, **SMALL)
+    body = _backbone_layers(model)
+    assert len(body) == layers
+    if isinstance(cut_at, str):
+        assert body[-1].name == cut_at
+    assert not any(layer.trainable for layer in body)
+    assert len(model.trainable_weights) == 2
+
+
+def test_from_scratch_trains_every_layer_with_random_weights():
+    model = build_transfer_model("mobilenet_v2", (8, 8, 1), 3, "from_scratch", **SMALL)
+    body = _backbone_layers(model)
+    assert all(layer.trainable for layer in body)
+    assert len(model.trainable_weights) == len(model.get_layer("backbone").trainable_weights) + 2 > 100
+
+
+def test_unfreeze_top_keeps_batch_normalization_frozen():
+    model = build_transfer_model("mobilenet_v2", (8, 8, 1), 3, "fine_tune", "none", **SMALL)
+    top = _backbone_layers(model)[-20:]
+    batch_norms = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in top)
+    assert batch_norms > 0
+    assert unfreeze_top(model, 20) == 20 - batch_norms
+    assert [layer for layer in _backbone_layers(model) if layer.trainable] == [
+        layer for layer in top if not isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def test_weights_file_written_here_loads_with_identical_outputs(tmp_path):
+    network = build_backbone("mobilenet_v2", (32, 32, 3), "none", **SMALL)
+    network.save_weights(tmp_path / "backbone.weights.h5")
+    model = build_transfer_model("mobilenet_v2", (32, 32, 3), 3, weights=str(tmp_path / "backbone.weights.h5"),
+                                 **SMALL)
+    images = keras.applications.mobilenet_v2.preprocess_input(_pixels(4, (32, 32, 3)))
+    np.testing.assert_array_equal(np.asarray(model.get_layer("backbone")(images)), np.asarray(network(images)))
+    fresh = build_transfer_model("mobilenet_v2", (32, 32, 3), 3, weights="none", **SMALL)
+    assert not np.array_equal(np.asarray(fresh.get_layer("backbone")(images)), np.asarray(network(images)))
+
+
+def test_weights_file_of_another_architecture_is_refused_in_one_line(tmp_path):
+    build_backbone("mobilenet", (32, 32, 3), "none", alpha=0.25).save_weights(tmp_path / "mobilenet.weights.h5")
+    with pytest.raises(ModelLoadError, match="does not fit backbone 'mobilenet_v2'") as error:
+        build_transfer_model("mobilenet_v2", (32, 32, 3), 3, weights=str(tmp_path / "mobilenet.weights.h5"), **SMALL)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        build_transfer_model("mobilenet_v2", (32, 32, 3), 3, weights=str(tmp_path / "missing.weights.h5"), **SMALL)
+
+
+def test_cnn_backbone_reuses_a_kerascnn_model_file(cnn_run_model):
+    saved = keras.saving.load_model(cnn_run_model)
+    model = build_transfer_model("cnn", (8, 8, 1), 3, weights=str(cnn_run_model), filters=(8, 16))
+    features = keras.Model(saved.inputs[0], saved.get_layer("conv_dropout").output)
+    images = _pixels(4)
+    np.testing.assert_array_equal(np.asarray(model.get_layer("backbone")(images)), np.asarray(features(images)))
+    truncated = build_transfer_model("cnn", (8, 8, 1), 3, "truncate", str(cnn_run_model), "pool_0", filters=(8, 16))
+    assert _backbone_layers(truncated)[-1].name == "pool_0"
+    assert isinstance(truncated.get_layer("pool"), keras.layers.Flatten)  # the cnn's own head flattens
+    assert truncated.get_layer("probabilities").kernel.shape == (4 * 4 * 8, 3)
+
+
+def test_cnn_backbone_refuses_a_model_file_without_a_backbone(tmp_path, cnn_run_model):
+    build_model("mlp", (8, 8, 1), 4, hidden=(8,)).save(tmp_path / "mlp.keras")
+    with pytest.raises(ModelLoadError, match="holds no backbone"):
+        build_transfer_model("cnn", (8, 8, 1), 3, weights=str(tmp_path / "mlp.keras"))
+    with pytest.raises(ModelLoadError, match="does not fit backbone 'cnn'"):  # default filters (16, 32, 64)
+        build_transfer_model("cnn", (8, 8, 1), 3, weights=str(cnn_run_model))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"model.transfer": "truncate"}, "needs model.cut_at"),
+    ({"model.cut_at": "block_3_expand_relu"}, "only applies to model.transfer = truncate"),
+    ({"model.unfreeze": 10}, "only applies to model.transfer = fine_tune"),
+    ({"model.transfer": "from_scratch", "model.weights": "imagenet"}, "trains random weights"),
+    ({"model.transfer": "finetune"}, "did you mean 'fine_tune'"),
+    ({"model.backbone": "mobilenetv2"}, "unknown backbone 'mobilenetv2' \\(did you mean 'mobilenet_v2'"),
+    ({"model.options": {"alpah": 0.35}}, "no option 'alpah' \\(did you mean 'alpha'"),
+    ({"model.options": {"size": 16}}, "below mobilenet_v2's minimum input size 32"),
+    ({"model.options": {"pooling": "mean"}}, "pooling must be one of avg, max, flatten"),
+    ({"model.name": "mlp"}, "drop model.name"),
+    ({"model.transfer": "fine_tune", "train.epochs": 1}, "train.epochs >= 2"),
+])
+def test_contradictory_or_impossible_options_are_rejected(values, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(values={"model.backbone": "mobilenet_v2", **values})
+
+
+def test_transfer_options_need_a_backbone():
+    with pytest.raises(ConfigError, match="need model.backbone"):
+        load_config(values={"model.transfer": "fine_tune"})
+
+
+def test_cli_flags_and_toml_keep_cut_at_as_index_or_name():
+    parser = cli.build_parser()
+    for flag, expected in (("12", 12), ("block_3_expand_relu", "block_3_expand_relu")):
+        args = parser.parse_args(["train", "--backbone", "mobilenet_v2", "--transfer", "truncate", "--cut-at", flag,
+                                  "--weights", "none"])
+        config = cli.config_from_args(args)
+        assert config.model.cut_at == expected
+        assert config_from_dict(tomllib.loads(config.to_toml())) == config
+
+
+def test_unknown_cut_point_fails_before_anything_is_written(tiny_data, tmp_path):
+    config = load_config(values={"run.output": str(tmp_path / "runs"), "model.backbone": "mobilenet_v2",
+                                 "model.transfer": "truncate", "model.cut_at": "block_3_expand_rel",
+                                 "model.weights": "none", "model.options": SMALL})
+    with pytest.raises(ConfigError, match="did you mean 'block_3_expand_relu'.*cut points: block_3_expand_relu"):
+        run(config, tiny_data)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_imagenet_offline_says_where_to_put_the_file(tmp_path):
+    """The real keras.applications download path, made to fail by an unreachable proxy and an empty KERAS_HOME."""
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"), "PYTHONPATH": str(REPO),
+           "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-m", "kerascnn", "train", "--backbone", "mobilenet_v2",
+                           "--output", str(tmp_path / "runs"), "--epochs", "1"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("kerascnn: error: ImageNet weights for 'mobilenet_v2'")
+    assert f"put mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5 into {tmp_path / 'keras' / 'models'}" \
+        in message and "--weights PATH" in message
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("transfer", ["feature_extraction", "truncate", "fine_tune", "from_scratch"])
+def test_every_strategy_exports_with_float_parity(transfer, tiny_data, cnn_run_model, tmp_path):
+    model = {"backbone": "cnn", "transfer": transfer, "options": {"filters": [8, 16]}}
+    if transfer != "from_scratch":
+        model["weights"] = str(cnn_run_model)
+    if transfer == "truncate":
+        model["cut_at"] = "pool_0"
+    config = config_from_dict({"run": {"output": str(tmp_path), "name": transfer}, "model": model,
+                               "train": {"epochs": 2, "batch_size": 16, "verbose": 0, "tensorboard": False}})
+    result = run(config, tiny_data)
+    assert set(result.manifest["artifacts"]) == {"model.keras", "model.h5", "saved_model/1", "model.tflite"}
+    for entry in result.manifest["artifacts"].values():
+        assert entry["parity"]["top1_agreement"] == 1.0 and entry["parity"]["max_abs_diff"] <= 1e-4
+    assert list(pd.read_csv(result.run_dir / "history.csv")["epoch"]) == [0, 1]
+
+
+def test_fine_tune_run_trains_two_phases_in_one_history_and_exports_with_float_parity(tiny_data, tmp_path):
+    """MobileNetV2 on 8x8 grayscale: the adaptation layers, both phases and every artifact, TFLite included."""
+    config = load_config(values={"run.output": str(tmp_path), "run.name": "mnv2", "model.backbone": "mobilenet_v2",
+                                 "model.weights": "none", "model.transfer": "fine_tune", "model.unfreeze": 20,
+                                 "model.options": SMALL, "train.epochs": 3, "train.learning_rate": 0.01,
+                                 "train.batch_size": 16, "train.verbose": 0, "train.tensorboard": False})
+    result = run(config, tiny_data)
+    assert list(pd.read_csv(result.run_dir / "history.csv")["epoch"]) == [0, 1, 2]
+    assert result.manifest["epochs_run"] == 3
+    assert float(result.model.optimizer.learning_rate) == pytest.approx(0.001)  # phase 2: learning rate x 0.1
+    top = _backbone_layers(result.model)[-20:]
+    assert [layer for layer in _backbone_layers(result.model) if layer.trainable] == [
+        layer for layer in top if not isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in _backbone_layers(result.model):  # BatchNormalization never left inference mode
+        if isinstance(layer, keras.layers.BatchNormalization):
+            assert not np.asarray(layer.moving_mean).any() and (np.asarray(layer.moving_variance) == 1).all()
+    assert set(result.manifest["artifacts"]) == {"model.keras", "model.h5", "saved_model/1", "model.tflite"}
+    for name, entry in result.manifest["artifacts"].items():
+        assert entry["parity"]["top1_agreement"] == 1.0 and entry["parity"]["max_abs_diff"] <= 1e-4, name
+    assert config_from_dict(tomllib.loads((result.run_dir / "config.toml").read_text())) == config
