@@ -37,6 +37,10 @@ def _add_train(sub) -> None:
     p.add_argument("--name", help="run directory name (default <dataset>-<model>-<time>)")
     p.add_argument("--seed", type=int)
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run directory")
+    p.add_argument("--strategy", help="tf.distribute strategy: auto (default), default, mirrored, multi_worker, tpu")
+    p.add_argument("--mixed-precision", action="store_true", default=None,
+                   help="train in mixed_float16 (GPUs with tensor cores); artifacts stay float32")
+    p.add_argument("--jit-compile", action="store_true", default=None, help="compile the training step with XLA")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config value, e.g. --set train.optimizer=sgd (repeatable)")
 
@@ -44,7 +48,8 @@ def _add_train(sub) -> None:
 # CLI flag -> dotted config key, for the flags that are shortcuts of config values.
 TRAIN_FLAGS = {"dataset": "data.dataset", "model": "model.name", "epochs": "train.epochs",
                "batch_size": "train.batch_size", "learning_rate": "train.learning_rate", "output": "run.output",
-               "name": "run.name", "seed": "run.seed", "overwrite": "run.overwrite"}
+               "name": "run.name", "seed": "run.seed", "overwrite": "run.overwrite", "strategy": "train.strategy",
+               "mixed_precision": "train.mixed_precision", "jit_compile": "train.jit_compile"}
 
 
 def config_from_args(args):
@@ -58,6 +63,9 @@ def cmd_train(args) -> int:
     from kerascnn.runner import run
 
     result = run(config_from_args(args))
+    if not result.chief:
+        print("worker finished: the chief writes the run directory and the artifacts")
+        return EXIT_OK
     print_artifacts(result.manifest["artifacts"])
     print(f"run directory: {result.run_dir}")
     print(f"test accuracy: {result.test_metrics['accuracy']:.4f}")
