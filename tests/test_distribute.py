@@ -24,6 +24,7 @@ from kerascnn.data.pipeline import batches
 from kerascnn.errors import ConfigError
 from kerascnn.models import build_model, register_model
 from kerascnn.runner import run
+from kerascnn.training import CHECKPOINT_FILE, HISTORY_FILE, LOG_DIR, make_callbacks
 
 REPO_ROOT = Path(kerascnn.__file__).resolve().parents[1]
 TWO_WORKERS = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
@@ -121,17 +122,17 @@ def _compiled(data):
     return model
 
 
-def test_custom_loop_trains_with_fits_callbacks_and_history(digits, tmp_path):
+def test_custom_loop_trains_with_the_runs_callbacks_and_history(digits, tmp_path):
     train, validation, steps = _custom_loop_inputs(digits)
     model = _compiled(digits)
-    history = distribute.fit_distributed(
-        model, train, validation, epochs=3, steps_per_epoch=steps, verbose=0,
-        callbacks=[keras.callbacks.CSVLogger(str(tmp_path / "history.csv"))])
+    history = distribute.fit_distributed(model, train, validation, epochs=3, steps_per_epoch=steps, verbose=0,
+                                         callbacks=make_callbacks(TrainConfig(epochs=3), tmp_path))
     assert history.epoch == [0, 1, 2]
     assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     accuracy = history.history["val_accuracy"]
     assert accuracy[-1] > max(accuracy[0], 0.5)
-    assert len((tmp_path / "history.csv").read_text().splitlines()) == 4  # header + 3 epochs
+    assert len((tmp_path / HISTORY_FILE).read_text().splitlines()) == 4  # header + 3 epochs
+    assert (tmp_path / CHECKPOINT_FILE).is_file() and any((tmp_path / LOG_DIR).rglob("*tfevents*"))
 
 
 def test_custom_loop_stops_early(digits):
