@@ -39,6 +39,10 @@ def _add_train(sub) -> None:
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run directory")
     p.add_argument("--no-report", dest="report", action="store_false", default=None,
                    help="skip the evaluation report (metrics.json, figures, report.html)")
+    p.add_argument("--strategy", help="tf.distribute strategy: auto (default), default, mirrored, multi_worker, tpu")
+    p.add_argument("--mixed-precision", action="store_true", default=None,
+                   help="train in mixed_float16 (GPUs with tensor cores); artifacts stay float32")
+    p.add_argument("--jit-compile", action="store_true", default=None, help="compile the training step with XLA")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config value, e.g. --set train.optimizer=sgd (repeatable)")
     p.add_argument("--backbone", help="pre-trained backbone (see `kerascnn backbones`) instead of --model")
@@ -60,7 +64,9 @@ TRAIN_FLAGS = {"dataset": "data.dataset", "model": "model.name", "epochs": "trai
                "batch_size": "train.batch_size", "learning_rate": "train.learning_rate", "output": "run.output",
                "name": "run.name", "seed": "run.seed", "overwrite": "run.overwrite", "report": "evaluate.report",
                "backbone": "model.backbone", "transfer": "model.transfer", "weights": "model.weights",
-               "cut_at": "model.cut_at", "unfreeze": "model.unfreeze"}
+               "cut_at": "model.cut_at", "unfreeze": "model.unfreeze",
+               "strategy": "train.strategy", "mixed_precision": "train.mixed_precision",
+               "jit_compile": "train.jit_compile"}
 
 
 def config_from_args(args):
@@ -74,6 +80,9 @@ def cmd_train(args) -> int:
     from kerascnn.runner import run
 
     result = run(config_from_args(args))
+    if not result.chief:
+        print("worker finished: the chief writes the run directory and the artifacts")
+        return EXIT_OK
     print_artifacts(result.manifest["artifacts"])
     print(f"run directory: {result.run_dir}")
     print(f"test accuracy: {result.test_metrics['accuracy']:.4f}")

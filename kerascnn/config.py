@@ -246,6 +246,7 @@ class ModelConfig:
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")  # kerascnn.distribute.make_strategy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +268,12 @@ class TrainConfig:
             restoring the best weights; 0 disables early stopping (default 5).
         tensorboard: write TensorBoard logs into `logs/` (default True).
         verbose: Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch (default 1).
+        strategy: tf.distribute strategy: auto | default | mirrored | multi_worker | tpu; `batch_size` is
+            per replica (default auto: mirrored with 2+ GPUs, multi_worker with a TF_CONFIG cluster).
+        mixed_precision: train in mixed_float16 (float32 variables and softmax); artifacts stay float32.
+            Speeds up GPUs with tensor cores, not CPUs (default False).
+        jit_compile: compile the training step with XLA; False leaves it to Keras, which uses XLA on a
+            single GPU and never on CPU (default False).
     """
 
     epochs: int = 20
@@ -282,6 +289,9 @@ class TrainConfig:
     early_stopping_patience: int = 5
     tensorboard: bool = True
     verbose: int = 1
+    strategy: str = "auto"
+    mixed_precision: bool = False
+    jit_compile: bool = False
 
     def __post_init__(self):
         _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
@@ -300,6 +310,8 @@ class TrainConfig:
         _check(self.early_stopping_patience >= 0,
                f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
         _check(self.verbose in (0, 1, 2), f"train.verbose must be 0, 1 or 2, got {self.verbose}")
+        _check(self.strategy in STRATEGIES, f"train.strategy: unknown strategy {self.strategy!r}"
+               f"{_suggest(self.strategy, STRATEGIES)}; choose from {', '.join(STRATEGIES)}")
 
 
 EXPORT_FORMATS = ("keras", "h5", "saved_model", "tflite")

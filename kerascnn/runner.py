@@ -2,6 +2,8 @@
 
 Order matters for the promise "bad input writes nothing": the config is validated when it is
 built, then data are loaded and the model built, and only then is the run directory created.
+Under a multi-worker strategy only the chief writes the run directory, evaluates and exports; the
+other workers train into a temporary folder that is removed when they finish.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -22,12 +25,13 @@ from kerascnn import __version__
 from kerascnn.config import RunConfig
 from kerascnn.data.augment import make_augment
 from kerascnn.data.datasets import ImageData, load_data
+from kerascnn.distribute import check_float32_output, is_chief, make_strategy, precision, strategy_name
 from kerascnn.errors import ConfigError
 from kerascnn.evaluation import evaluate, positive_class_index
 from kerascnn.export import export
 from kerascnn.models.registry import build_model
-from kerascnn.report import Report, write_report
 from kerascnn.models.transfer import build_from_config, fine_tune
+from kerascnn.report import Report, write_report
 from kerascnn.training import train
 
 MANIFEST_FILE = "manifest.json"
@@ -38,12 +42,17 @@ CONFIG_FILE = "config.toml"
 class RunResult:
     """What `run` produced: where, the model, its test metrics, the manifest and the evaluation report."""
 
-    run_dir: Path
+    On a non-chief worker of a multi-worker run, `chief` is False, `run_dir` is None and the
+    metrics and manifest are empty: the chief writes them.
+    """
+
+    run_dir: Path | None
     model: keras.Model
     data: ImageData
     test_metrics: dict
     manifest: dict
     report: Report | None = None
+    chief: bool = True
 
 
 def run_name(config: RunConfig) -> str:
@@ -71,7 +80,7 @@ def _writable(folder: Path) -> bool:
 
 
 def write_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics: dict, train_seconds: float,
-                   epochs_run: int, artifacts: dict) -> dict:
+                   epochs_run: int, artifacts: dict, distribution: dict | None = None) -> dict:
     manifest = {
         "kerascnn_version": __version__,
         "tensorflow_version": tf.__version__,
@@ -86,6 +95,7 @@ def write_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metri
         "counts": data.counts,
         "epochs_run": epochs_run,
         "train_seconds": round(train_seconds, 3),
+        **(distribution or {}),
         "test_metrics": test_metrics,
         "artifacts": artifacts,
     }
@@ -105,25 +115,57 @@ def run(config: RunConfig | None = None, data: ImageData | None = None) -> RunRe
         result = run(load_config(preset="digits")); print(result.run_dir, result.test_metrics)
     """
     config = config or RunConfig()
-    run_dir = prepare_run_dir(config)
+    # First: MultiWorkerMirroredStrategy must set up collective ops before TensorFlow runs anything.
+    strategy = make_strategy(config.train.strategy)
+    chief = is_chief(strategy)
+    run_dir = prepare_run_dir(config) if chief else None
     keras.utils.set_random_seed(config.run.seed)
     data = data or load_data(config.data, seed=config.run.seed)
-    if config.model.backbone:
-        model = build_from_config(config.model, data.input_shape, data.num_classes)
-    else:
-        model = build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
+    with strategy.scope(), precision(config.train.mixed_precision):
+        model = make_model(config, data)
+        if config.train.mixed_precision:
+            check_float32_output(model, data.input_shape, config.model.name)
     positive_class_index(data.class_names, config.evaluate.positive_class)  # a typo fails before training
     augment = make_augment(config.augment, seed=config.run.seed, data=data)
-    if run_dir.exists():  # --overwrite was given: the old run goes only now that inputs are known good
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    (run_dir / CONFIG_FILE).write_text(config.to_toml(), encoding="utf-8")
+    if chief:
+        if run_dir.exists():  # --overwrite was given: the old run goes only now that inputs are known good
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / CONFIG_FILE).write_text(config.to_toml(), encoding="utf-8")
+    work_dir = run_dir or Path(tempfile.mkdtemp(prefix="kerascnn-worker-"))
+    train_config = config.train if chief else dataclasses.replace(config.train, verbose=0)  # the chief reports
     fit = partial(fine_tune, unfreeze=config.model.unfreeze) if config.model.transfer == "fine_tune" else train
-    result = fit(model, data, config.train, run_dir, seed=config.run.seed, cache=config.data.cache,
-                 shuffle_buffer=config.data.shuffle_buffer, augment=augment)
+    try:
+        result = fit(model, data, train_config, work_dir, seed=config.run.seed, cache=config.data.cache,
+                     shuffle_buffer=config.data.shuffle_buffer, augment=augment)
+    finally:
+        if not chief:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    if not chief:
+        return RunResult(run_dir=None, model=model, data=data, test_metrics={}, manifest={}, chief=False)
+    if config.train.mixed_precision or strategy_name(strategy) != "default":
+        model = deployable_copy(model, config, data)
     test_metrics = evaluate(model, data)
     artifacts = export(model, run_dir, data, config.export)
-    manifest = write_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run, artifacts)
+    distribution = {"strategy": strategy_name(strategy), "num_replicas_in_sync": result.num_replicas_in_sync,
+                    "global_batch_size": result.global_batch_size}
+    manifest = write_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run, artifacts,
+                              distribution)
     report = write_report(run_dir, data, model, config.evaluate, seed=config.run.seed) if config.evaluate.report else None
     return RunResult(run_dir=run_dir, model=model, data=data, test_metrics=test_metrics, manifest=manifest,
                      report=report)
+
+
+def make_model(config: RunConfig, data: ImageData) -> keras.Model:
+    """The configured network: a transfer model over a backbone, or a registered builder's model."""
+    if config.model.backbone:
+        return build_from_config(config.model, data.input_shape, data.num_classes)
+    return build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
+
+
+def deployable_copy(model: keras.Model, config: RunConfig, data: ImageData) -> keras.Model:
+    """The trained weights in a fresh float32 model built outside any strategy scope: what is evaluated
+    and exported, so artifacts neither compute in float16 nor hold distributed variables."""
+    copy = make_model(config, data)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -2,7 +2,8 @@
 
 `train(model, data, config)` compiles (optimizer, schedule, loss with label smoothing), builds the
 Keras callbacks (ModelCheckpoint best on val_loss, EarlyStopping with best weights restored,
-CSVLogger, TensorBoard, TerminateOnNaN) and calls `model.fit` over the tf.data pipeline.
+CSVLogger, TensorBoard, TerminateOnNaN) and calls `model.fit` over the tf.data pipeline, under the
+strategy the model was built in (`kerascnn.distribute`; its `fit_distributed` where fit is broken).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pandas as pd
 from kerascnn.config import TrainConfig
 from kerascnn.data.datasets import ImageData
 from kerascnn.data.pipeline import batches
+from kerascnn.distribute import (distribute_dataset, fit_distributed, global_batch_size, needs_custom_loop,
+                                 strategy_name)
 from kerascnn.errors import TrainingError
 
 CHECKPOINT_FILE = "checkpoints/best.keras"
@@ -28,11 +31,13 @@ LOG_DIR = "logs"
 
 @dataclasses.dataclass
 class TrainResult:
-    """What training produced: per-epoch history, wall time of `fit`, and epochs run."""
+    """What training produced: per-epoch history, wall time of `fit`, epochs run, and how it was spread."""
 
     history: pd.DataFrame
     train_seconds: float
     epochs_run: int
+    num_replicas_in_sync: int = 1
+    global_batch_size: int | None = None
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
@@ -61,10 +66,14 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
 
 
 def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> keras.Model:
-    """Compile for one-hot labels: categorical cross-entropy (label smoothing) and accuracy."""
+    """Compile for one-hot labels: categorical cross-entropy (label smoothing) and accuracy.
+
+    `config.jit_compile` forces XLA; otherwise Keras decides ("auto": XLA on one GPU, never on CPU).
+    A mixed_float16 model gets Keras' LossScaleOptimizer automatically.
+    """
     model.compile(optimizer=make_optimizer(config, steps_per_epoch),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], jit_compile=True if config.jit_compile else "auto")
     return model
 
 
@@ -106,23 +115,44 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
         continue_from: an earlier TrainResult of this model (e.g. fine-tuning's head phase): epochs are
             numbered on from it and the returned result covers both.
 
+    The model trains under the tf.distribute strategy it was built in (`model.distribute_strategy`):
+    `config.batch_size` is per replica, and each step takes that times the number of replicas.
+
     Example:
         result = train(build_model("cnn", data.input_shape, data.num_classes), data, TrainConfig(epochs=5))
     """
     config = config or TrainConfig()
-    steps = max(1, math.ceil(data.counts["train"] / config.batch_size))
-    compile_model(model, config, steps)
-    if hasattr(augment, "training_batches"):
-        train_ds = augment.training_batches(data, config.batch_size, seed)
-    else:
-        train_ds = batches(data.train, config.batch_size, data.num_classes, training=True, seed=seed, cache=cache,
-                           shuffle_buffer=shuffle_buffer, augment=augment)
-    val_ds = batches(data.validation, config.batch_size, data.num_classes, cache=cache)
+    strategy = model.distribute_strategy  # the one the model was built under
+    global_batch = global_batch_size(strategy, config.batch_size)
+    steps = max(1, math.ceil(data.counts["train"] / global_batch))
+    with strategy.scope():
+        compile_model(model, config, steps)
+    if config.verbose:
+        print(f"strategy {strategy_name(strategy)}: {strategy.num_replicas_in_sync} replica(s), global batch "
+              f"{global_batch} = {config.batch_size} per replica x {strategy.num_replicas_in_sync}")
+
+    def train_batches(ds, batch_size):
+        if hasattr(augment, "training_batches"):  # the legacy ImageDataGenerator serves its own batches
+            return augment.training_batches(data, batch_size, seed)
+        return batches(ds, batch_size, data.num_classes, training=True, seed=seed, cache=cache,
+                       shuffle_buffer=shuffle_buffer, augment=augment)
+
+    def validation_batches(ds, batch_size):
+        return batches(ds, batch_size, data.num_classes, cache=cache)
+
     first_epoch = continue_from.epochs_run if continue_from else 0
+    callbacks = make_callbacks(config, Path(run_dir) if run_dir else None, continue_from)
     start = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch,
-                        epochs=first_epoch + config.epochs, verbose=config.verbose, shuffle=False,
-                        callbacks=make_callbacks(config, Path(run_dir) if run_dir else None, continue_from))
+    if needs_custom_loop(strategy):
+        history = fit_distributed(model, distribute_dataset(strategy, data.train, train_batches, global_batch, True),
+                                  distribute_dataset(strategy, data.validation, validation_batches, global_batch),
+                                  epochs=first_epoch + config.epochs, steps_per_epoch=steps, callbacks=callbacks,
+                                  verbose=config.verbose, initial_epoch=first_epoch)
+    else:
+        history = model.fit(train_batches(data.train, global_batch),
+                            validation_data=validation_batches(data.validation, global_batch),
+                            initial_epoch=first_epoch, epochs=first_epoch + config.epochs, verbose=config.verbose,
+                            shuffle=False, callbacks=callbacks)
     seconds = time.perf_counter() - start
     frame = pd.DataFrame(history.history)
     frame.insert(0, "epoch", history.epoch)
@@ -132,4 +162,5 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
     if not np.isfinite(frame["loss"]).all():
         raise TrainingError("training stopped: the loss became NaN or infinite; lower train.learning_rate "
                             "or check the input data (the best checkpoint so far is kept)")
-    return TrainResult(history=frame, train_seconds=seconds, epochs_run=len(frame))
+    return TrainResult(history=frame, train_seconds=seconds, epochs_run=len(frame),
+                       num_replicas_in_sync=strategy.num_replicas_in_sync, global_batch_size=global_batch)

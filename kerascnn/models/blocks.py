@@ -1,6 +1,7 @@
 """Layer stacks shared by the Sequential builders and their subclassed twins.
 
 Both forms are built from the same list of layers, so their architectures cannot drift apart.
+The output layer is float32 even under mixed precision: a float16 softmax loses small probabilities.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def mlp_layers(num_classes: int, hidden: tuple[int, ...], dropout: float, kernel
         stack += [keras.layers.Dense(units, activation="relu", kernel_initializer=initializer(kernel_initializer),
                                      name=f"dense_{i}"),
                   keras.layers.Dropout(dropout, name=f"dropout_{i}")]
-    stack.append(keras.layers.Dense(num_classes, activation="softmax", name="probabilities"))
+    stack.append(keras.layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32"))
     return stack
 
 
@@ -66,5 +67,5 @@ def cnn_layers(input_shape: tuple[int, int, int], num_classes: int, filters: tup
               keras.layers.Dense(dense, activation="relu", kernel_initializer=initializer(kernel_initializer),
                                  name="dense"),
               keras.layers.Dropout(dropout, name="dropout"),
-              keras.layers.Dense(num_classes, activation="softmax", name="probabilities")]
+              keras.layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")]
     return stack

@@ -1,0 +1,140 @@
+"""`kerascnn bench train`: kerascnn's training loop against a hand-written `model.fit`, and streaming memory.
+
+1. Throughput: the same generated images and the same architecture (fresh weights each time),
+   trained once by `kerascnn.train` (tf.data pipeline, callbacks) and once by a plain
+   `model.fit(x, y, validation_data=...)` on the numpy arrays. Runs alternate and the best of
+   `--repeats` is kept for each, so load from other jobs hits both alike. `ratio` >= 0.95 means the
+   pipeline costs (next to) nothing.
+2. Memory: peak resident memory of a fresh process training one epoch from a generated image
+   folder of `--folder-sizes` images (10k and 50k by default), with `data.cache = false` so that
+   images stream from disk; `memory_ratio` (large / small) near 1 means memory does not grow with
+   the folder. With the default `data.cache = true` the decoded float32 images would stay in memory.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kerascnn.bench import register_bench
+
+BENCH_MODEL = ("cnn", {"filters": [32, 64], "dense": 256})
+NUM_CLASSES = 10
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--images", type=int, default=20000, help="generated training+validation images (20000)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per throughput run (3)")
+    parser.add_argument("--batch-size", type=int, default=128, help="batch size (128)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each loop; best kept (2)")
+    parser.add_argument("--folder-sizes", type=int, nargs=2, default=[10000, 50000], metavar=("SMALL", "LARGE"),
+                        help="images in the two generated folders (10000 50000)")
+
+
+def generated_images(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 grayscale images whose brightest row encodes the class, plus noise: learnable, not trivial."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, NUM_CLASSES, count)
+    images = rng.integers(0, 128, (count, 28, 28, 1), dtype=np.uint8)
+    images[np.arange(count), 2 + 2 * labels] += 120
+    return images, labels
+
+
+def _model(data):
+    import keras
+
+    from kerascnn.models import build_model
+
+    keras.utils.set_random_seed(0)
+    name, options = BENCH_MODEL
+    return build_model(name, data.input_shape, data.num_classes, **options)
+
+
+def kerascnn_images_per_s(data, config) -> float:
+    from kerascnn.training import train
+
+    result = train(_model(data), data, config)
+    return data.counts["train"] * config.epochs / result.train_seconds
+
+
+def fit_images_per_s(data, config) -> float:
+    """The reference: what a user would write by hand over the same arrays."""
+    import keras
+
+    from kerascnn.training import compile_model
+
+    (x, y), (x_val, y_val) = data.arrays["train"], data.arrays["validation"]
+    x, x_val = x.astype("float32"), x_val.astype("float32")
+    y, y_val = keras.utils.to_categorical(y, NUM_CLASSES), keras.utils.to_categorical(y_val, NUM_CLASSES)
+    model = compile_model(_model(data), config, steps_per_epoch=-(-len(x) // config.batch_size))
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=config.batch_size, epochs=config.epochs, validation_data=(x_val, y_val), verbose=0)
+    return len(x) * config.epochs / (time.perf_counter() - start)
+
+
+def write_folder(root: Path, count: int) -> Path:
+    """A class-per-folder tree of `count` PNG images."""
+    from PIL import Image
+
+    images, labels = generated_images(count, seed=1)
+    for label in range(NUM_CLASSES):
+        (root / f"class_{label}").mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        Image.fromarray(image[..., 0]).save(root / f"class_{label}" / f"{i:06d}.png")
+    return root
+
+
+def folder_peak_mb(folder: Path, batch_size: int) -> float:
+    """Peak RSS (MB) of a fresh process that trains one epoch streaming from `folder`."""
+    code = ("import json, resource, sys; from kerascnn.bench.train import train_from_folder; "
+            "train_from_folder(sys.argv[1], int(sys.argv[2])); "
+            "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))")
+    done = subprocess.run([sys.executable, "-c", code, str(folder), str(batch_size)], capture_output=True, text=True,
+                          check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def train_from_folder(folder: str, batch_size: int) -> None:
+    """One epoch from an image folder, streamed (`data.cache = false`); run in the measured process."""
+    from kerascnn.config import DataConfig, TrainConfig
+    from kerascnn.data.datasets import load_data
+    from kerascnn.training import train
+
+    data = load_data(DataConfig(dataset=folder, image_size=(28, 28), cache=False))
+    train(_model(data), data, TrainConfig(epochs=1, batch_size=batch_size, verbose=0, tensorboard=False),
+          cache=False)
+
+
+@register_bench("train", help="kerascnn's training loop vs a hand-written model.fit; streaming memory",
+                add_arguments=add_arguments)
+def run(args) -> dict:
+    from kerascnn.config import DataConfig, TrainConfig
+    from kerascnn.data.datasets import from_arrays
+
+    images, labels = generated_images(args.images)
+    test_images, test_labels = generated_images(256, seed=2)
+    data = from_arrays(images, labels, test_images, test_labels, config=DataConfig(dataset="generated"))
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, early_stopping_patience=0,
+                         tensorboard=False, verbose=0)
+    ours, reference = [], []
+    for _ in range(args.repeats):
+        reference.append(fit_images_per_s(data, config))
+        ours.append(kerascnn_images_per_s(data, config))
+    small, large = args.folder_sizes
+    with tempfile.TemporaryDirectory(prefix="kerascnn-bench-") as workdir:
+        peaks = {n: folder_peak_mb(write_folder(Path(workdir) / str(n), n), args.batch_size) for n in (small, large)}
+    return {
+        "fit_images_per_s": round(max(reference), 1),
+        "kerascnn_images_per_s": round(max(ours), 1),
+        "ratio": round(max(ours) / max(reference), 3),
+        "small_folder_images": small,
+        "large_folder_images": large,
+        "small_folder_peak_mb": round(peaks[small], 1),
+        "large_folder_peak_mb": round(peaks[large], 1),
+        "memory_ratio": round(peaks[large] / peaks[small], 3),
+    }

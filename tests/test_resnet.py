@@ -1,0 +1,90 @@
+"""The `resnet_small` builder, its in-model flips, and the Fashion-MNIST presets that use it."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from kerascnn.config import DataConfig, ExportConfig, RunConfig, RunSection, TrainConfig, load_config
+from kerascnn.errors import ConfigError
+from kerascnn.models import build_model, list_models
+from kerascnn.models.resnet import TrainingOnly
+from kerascnn.predict import load
+from kerascnn.runner import run
+
+TINY = {"stem": 8, "widths": [16, 32], "blocks": [1, 1]}
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(0).uniform(0, 255, (6, 28, 28, 1)).astype("float32")
+
+
+def test_resnet_small_is_registered_and_returns_probabilities(images):
+    assert "resnet_small" in list_models()
+    model = build_model("resnet_small", (28, 28, 1), 10, **TINY)
+    probabilities = np.asarray(model(images))
+    assert probabilities.shape == (6, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert sum(isinstance(layer, keras.layers.Add) for layer in model.layers) == 2
+
+
+def test_stages_stop_pooling_on_tiny_images():
+    model = build_model("resnet_small", (4, 4, 3), 3, stem=4, widths=[8, 8, 8], blocks=[0, 0, 0])
+    assert model.get_layer("stage1_widen_conv").output.shape[1:3] == (1, 1)
+    assert model(np.zeros((2, 4, 4, 3), "float32")).shape == (2, 3)
+
+
+def test_bn_momentum_reaches_every_batch_norm():
+    model = build_model("resnet_small", (28, 28, 1), 10, bn_momentum=0.8, **TINY)
+    momenta = {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.8}
+
+
+def test_test_time_flip_predicts_the_mean_of_an_image_and_its_mirror(images):
+    model = build_model("resnet_small", (28, 28, 1), 10, test_time_flip=True, **TINY)
+    mirrored = images[:, :, ::-1]
+    np.testing.assert_allclose(np.asarray(model(images)), np.asarray(model(mirrored)), atol=1e-6)
+    assert model(images, training=True).shape == (6, 10)  # no doubled batch in training
+
+
+def test_training_only_augmentation_is_inactive_at_inference(images):
+    model = build_model("resnet_small", (28, 28, 1), 10, random_flip=True, random_shift=0.2, **TINY)
+    np.testing.assert_array_equal(np.asarray(model(images)), np.asarray(model(images)))
+    shift = TrainingOnly(keras.layers.RandomTranslation(0.3, 0.3, seed=1))
+    np.testing.assert_array_equal(np.asarray(shift(images, training=False)), images)
+    assert not np.array_equal(np.asarray(shift(images, training=True)), images)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"blocks": [1]}, "blocks must give a count"),
+    ({"widths": []}, "positive stem and widths"),
+    ({"dropout": 1.5}, "dropout must be in"),
+    ({"bn_momentum": 1.0}, "bn_momentum must be in"),
+    ({"random_shift": 0.7}, "random_shift must be a fraction"),
+    ({"depth": 18}, "has no option 'depth'"),
+])
+def test_bad_options_are_refused(options, message):
+    with pytest.raises(ConfigError, match=message):
+        build_model("resnet_small", (28, 28, 1), 10, **options)
+
+
+def test_every_artifact_agrees_with_the_trained_model(tmp_path):
+    options = {**TINY, "random_flip": True, "random_shift": 0.1, "test_time_flip": True}
+    config = RunConfig(run=RunSection(name="resnet", output=str(tmp_path)), data=DataConfig(dataset="digits"),
+                       train=TrainConfig(epochs=1, verbose=0, tensorboard=False), export=ExportConfig())
+    result = run(config.replace("model", name="resnet_small", options=options))
+    artifacts = result.manifest["artifacts"]
+    assert set(artifacts) == {"model.keras", "model.h5", "saved_model/1", "model.tflite"}
+    assert all(a["parity"]["top1_agreement"] == 1.0 for a in artifacts.values())
+    reloaded = load(result.run_dir / "model.keras")  # safe mode: kerascnn's layers are registered
+    images = result.data.arrays["test"][0][:4].astype("float32")
+    np.testing.assert_allclose(reloaded.predict_proba(images), np.asarray(result.model(images)), atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["fashion_mnist", "fashion_mnist_quick"])
+def test_fashion_mnist_presets_resolve(preset):
+    config = load_config(preset=preset)
+    assert config.data.dataset == "fashion_mnist"
+    build_model(config.model.name, (28, 28, 1), 10, **config.model.options)
