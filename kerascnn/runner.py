@@ -40,7 +40,7 @@ CONFIG_FILE = "config.toml"
 
 @dataclasses.dataclass
 class RunResult:
-    """What `run` produced: where, the model, its test metrics, the manifest and the evaluation report."""
+    """What `run` produced: where, the model, its test metrics, the manifest and the evaluation report.
 
     On a non-chief worker of a multi-worker run, `chief` is False, `run_dir` is None and the
     metrics and manifest are empty: the chief writes them.
