@@ -32,7 +32,9 @@ class KerasRuntime:
         import keras
 
         from kerascnn.models import registry  # noqa: F401  (registers kerascnn's serializable classes)
+        from kerascnn.safety import check_model_file
 
+        check_model_file(path, unsafe)
         try:
             self.model = keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
         except Exception as exc:  # Keras raises ValueError/TypeError/OSError for refused or broken files
