@@ -2,13 +2,15 @@
 
 `train(model, data, config)` compiles (optimizer, schedule, loss with label smoothing), builds the
 Keras callbacks (ModelCheckpoint best on val_loss, EarlyStopping with best weights restored,
-CSVLogger, TensorBoard, TerminateOnNaN) and calls `model.fit` over the tf.data pipeline.
+CSVLogger, TensorBoard, TerminateOnNaN, BackupAndRestore for `--resume`; see kerascnn.resume) and
+calls `model.fit` over the tf.data pipeline.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from kerascnn.config import TrainConfig
 from kerascnn.data.datasets import ImageData
 from kerascnn.data.pipeline import batches
 from kerascnn.errors import TrainingError
+from kerascnn.resume import (BACKUP_DIR, TRAINED_MODEL, AtomicBackupAndRestore, AtomicModelCheckpoint,
+                             ResumableEarlyStopping, ResumeState, TrainedModelSaver, resume_state)
 
 CHECKPOINT_FILE = "checkpoints/best.keras"
 HISTORY_FILE = "history.csv"
@@ -68,24 +72,35 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int)
     return model
 
 
-def make_callbacks(config: TrainConfig, run_dir: Path | None) -> list[keras.callbacks.Callback]:
-    """TerminateOnNaN and EarlyStopping always; checkpoint, CSV history and TensorBoard in a run dir."""
+def make_callbacks(config: TrainConfig, run_dir: Path | None,
+                   resume: ResumeState | None = None) -> list[keras.callbacks.Callback]:
+    """TerminateOnNaN and EarlyStopping always; checkpoint, CSV history, backup and TensorBoard in a run dir.
+
+    The order matters at each epoch end: the CSV row and the best checkpoint are written before
+    the backup records the epoch as done, so a resume never skips or repeats an epoch.
+    """
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
     if config.early_stopping_patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
-                                                       restore_best_weights=True))
+        callbacks.append(ResumableEarlyStopping(resume, run_dir / CHECKPOINT_FILE if run_dir else None,
+                                                monitor="val_loss", patience=config.early_stopping_patience,
+                                                restore_best_weights=True))
     if run_dir is not None:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        callbacks += [keras.callbacks.ModelCheckpoint(str(run_dir / CHECKPOINT_FILE), monitor="val_loss",
-                                                      save_best_only=True),
-                      keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE))]
+        best = resume.best_val_loss if resume else None
+        callbacks += [keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=resume is not None),
+                      AtomicModelCheckpoint(str(run_dir / CHECKPOINT_FILE), monitor="val_loss", save_best_only=True,
+                                            initial_value_threshold=best),
+                      TrainedModelSaver(run_dir / TRAINED_MODEL)]
+        if config.backup_every > 0:
+            callbacks.append(AtomicBackupAndRestore(str(run_dir / BACKUP_DIR), save_freq=config.backup_every))
         if config.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(str(run_dir / LOG_DIR), profile_batch=0))
     return callbacks
 
 
 def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None, run_dir: Path | None = None,
-          seed: int = 42, cache: bool = True, shuffle_buffer: int = 10000, augment=None) -> TrainResult:
+          seed: int = 42, cache: bool = True, shuffle_buffer: int = 10000, augment=None,
+          resume: bool = False) -> TrainResult:
     """Compile and fit `model` on `data.train`, validating on `data.validation`.
 
     Args:
@@ -95,6 +110,7 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
         run_dir: where checkpoints, history.csv and logs go; None keeps nothing on disk.
         seed: shuffling seed (default 42).
         augment: optional batch function (images, labels) -> (images, labels) for training batches.
+        resume: continue the interrupted fit whose backup and history are in `run_dir` (default False).
 
     Example:
         result = train(build_model("cnn", data.input_shape, data.num_classes), data, TrainConfig(epochs=5))
@@ -105,13 +121,25 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
     train_ds = batches(data.train, config.batch_size, data.num_classes, training=True, seed=seed, cache=cache,
                        shuffle_buffer=shuffle_buffer, augment=augment)
     val_ds = batches(data.validation, config.batch_size, data.num_classes, cache=cache)
+    run_dir = Path(run_dir) if run_dir else None
+    state = resume_state(run_dir, HISTORY_FILE) if resume and run_dir else None
+    if run_dir is not None and not resume:  # BackupAndRestore would silently continue a stale backup
+        shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
     start = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=config.verbose, shuffle=False,
-                        callbacks=make_callbacks(config, Path(run_dir) if run_dir else None))
+                        callbacks=make_callbacks(config, run_dir, state))
     seconds = time.perf_counter() - start
-    frame = pd.DataFrame(history.history)
-    frame.insert(0, "epoch", history.epoch)
+    if run_dir is not None:  # the whole history, epochs before a resume included
+        frame = pd.read_csv(run_dir / HISTORY_FILE)
+    else:
+        frame = pd.DataFrame(history.history)
+        frame.insert(0, "epoch", history.epoch)
     if not np.isfinite(frame["loss"]).all():
-        raise TrainingError("training stopped: the loss became NaN or infinite; lower train.learning_rate "
-                            "or check the input data (the best checkpoint so far is kept)")
+        epoch = int(frame["epoch"][~np.isfinite(frame["loss"])].iloc[0]) + 1
+        kept = (f"the best checkpoint so far is kept in {run_dir / CHECKPOINT_FILE}"
+                if run_dir is not None and (run_dir / CHECKPOINT_FILE).is_file() else "no checkpoint was saved")
+        raise TrainingError(f"training stopped: the loss became NaN or infinite in epoch {epoch} with "
+                            f"{config.optimizer} at learning rate {config.learning_rate:g}; the learning rate is "
+                            f"the likely cause: lower train.learning_rate (--learning-rate), or check the input "
+                            f"data; {kept}")
     return TrainResult(history=frame, train_seconds=seconds, epochs_run=len(frame))
