@@ -2,6 +2,8 @@
 
 Errors a user can fix are one line on stderr with exit code 2 (1 for a failed export or training);
 `--debug` shows the traceback. TensorFlow's start-up chatter is silenced unless `--debug`.
+Exit codes: 0 done, 1 training or export failed, 2 bad input, 130 interrupted (Ctrl-C; a run in
+progress prints the `kerascnn train --resume` command that continues it).
 """
 
 from __future__ import annotations
@@ -39,12 +41,16 @@ def _add_train(sub) -> None:
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run directory")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config value, e.g. --set train.optimizer=sgd (repeatable)")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="image folders: stop with an error listing unusable files instead of skipping them")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or interrupted run with its stored config")
+    p.add_argument("--unsafe", action="store_true", help="with --resume: allow code inside its checkpoints to run")
 
 
 # CLI flag -> dotted config key, for the flags that are shortcuts of config values.
 TRAIN_FLAGS = {"dataset": "data.dataset", "model": "model.name", "epochs": "train.epochs",
                "batch_size": "train.batch_size", "learning_rate": "train.learning_rate", "output": "run.output",
-               "name": "run.name", "seed": "run.seed", "overwrite": "run.overwrite"}
+               "name": "run.name", "seed": "run.seed", "overwrite": "run.overwrite", "strict": "data.strict"}
 
 
 def config_from_args(args):
@@ -57,7 +63,15 @@ def config_from_args(args):
 def cmd_train(args) -> int:
     from kerascnn.runner import run
 
-    result = run(config_from_args(args))
+    if args.resume:
+        given = [flag for flag in ("config", "preset", *TRAIN_FLAGS) if getattr(args, flag) is not None] + (
+            ["set"] if args.set else [])
+        if given:
+            raise KerasCNNError(f"--resume continues a run with its stored config.toml; drop "
+                                f"{', '.join('--' + flag.replace('_', '-') for flag in given)}")
+        result = run(resume=args.resume, unsafe=args.unsafe)
+    else:
+        result = run(config_from_args(args))
     print_artifacts(result.manifest["artifacts"])
     print(f"run directory: {result.run_dir}")
     print(f"test accuracy: {result.test_metrics['accuracy']:.4f}")
@@ -89,7 +103,7 @@ def cmd_evaluate(args) -> int:
 
     run_dir = Path(args.run_dir)
     config = _run_config(run_dir)
-    predictor = load(run_dir / (args.artifact or "model.keras"))
+    predictor = load(run_dir / (args.artifact or "model.keras"), unsafe=args.unsafe)
     metrics = evaluate(predictor, load_data(config.data, seed=config.run.seed))
     print(json.dumps(metrics, indent=2))
     return EXIT_OK
@@ -169,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="test metrics of a run's model or another artifact")
     p.add_argument("run_dir")
     p.add_argument("--artifact", help="artifact inside the run directory (default model.keras)")
+    p.add_argument("--unsafe", action="store_true", help="allow code inside Keras model files to run")
     p = sub.add_parser("export", help="write and verify a run's artifacts again from model.keras")
     p.add_argument("run_dir")
     p = sub.add_parser("predict", help="classify images with any artifact")
@@ -199,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"kerascnn: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("kerascnn: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a RunInterrupted carries the resume command
+        print(f"kerascnn: {str(exc) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
