@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import logging
 import re
 import time
@@ -147,8 +146,11 @@ def _is_palette_bmp(path: str) -> bool:
     """True for an 8-bit BMP with a colour table: TensorFlow's BMP decoder returns its palette indices
     as gray levels, so such a file would train as noise. PIL reads the header to tell (its mode "P");
     a BMP whose table is the identity gray ramp decodes correctly and PIL reports it as "L"."""
-    with open(path, "rb") as f, Image.open(io.BytesIO(f.read())) as image:
-        return image.mode == "P"
+    try:
+        with Image.open(path) as image:
+            return image.mode == "P"
+    except (OSError, ValueError, Image.DecompressionBombError):  # PIL cannot tell: trust TensorFlow's decode
+        return False
 
 
 def _validate(files: list[Path]) -> tuple[dict[int, int], dict[int, str]]:
