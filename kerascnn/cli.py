@@ -70,6 +70,8 @@ def cmd_train(args) -> int:
             raise KerasCNNError(f"--resume continues a run with its stored config.toml; drop "
                                 f"{', '.join('--' + flag.replace('_', '-') for flag in given)}")
         result = run(resume=args.resume, unsafe=args.unsafe)
+    elif args.unsafe:
+        raise KerasCNNError("--unsafe applies to the checkpoints of a resumed run; use it with --resume RUN_DIR")
     else:
         result = run(config_from_args(args))
     print_artifacts(result.manifest["artifacts"])
@@ -113,6 +115,7 @@ def cmd_export(args) -> int:
     from kerascnn.data.datasets import load_data
     from kerascnn.export import export
     from kerascnn.predict import load
+    from kerascnn.resume import write_text_atomically
 
     run_dir = Path(args.run_dir)
     config = _run_config(run_dir)
@@ -122,7 +125,7 @@ def cmd_export(args) -> int:
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         manifest["artifacts"] = {**manifest.get("artifacts", {}), **artifacts}
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        write_text_atomically(manifest_path, json.dumps(manifest, indent=2) + "\n")
     print_artifacts(artifacts)
     return EXIT_OK
 

@@ -87,6 +87,7 @@ def test_option_value_a_builder_rejects_is_one_line_exit_2(tmp_path, capsys):
     (["train", "--resume", "nowhere"], "not a kerascnn run directory"),
     (["train", "--resume", "x", "--epochs", "3"], "drop --epochs"),
     (["train", "--bogus"], "unrecognized arguments"),
+    (["train", "--unsafe"], "use it with --resume"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, argv, fragment):
     monkeypatch.chdir(tmp_path)
