@@ -2,6 +2,8 @@
 
 Errors a user can fix are one line on stderr with exit code 2 (1 for a failed export or training);
 `--debug` shows the traceback. TensorFlow's start-up chatter is silenced unless `--debug`.
+Exit codes: 0 done, 1 training or export failed, 2 bad input, 130 interrupted (Ctrl-C; a run in
+progress prints the `kerascnn train --resume` command that continues it).
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def _add_train(sub) -> None:
     p.add_argument("--cut-at", type=_layer_ref, metavar="LAYER", help="layer name or index truncate cuts at")
     p.add_argument("--unfreeze", type=int, metavar="N", help="top backbone layers fine_tune unfreezes (default 20)")
 
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="image folders: stop with an error listing unusable files instead of skipping them")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or interrupted run with its stored config")
+    p.add_argument("--unsafe", action="store_true", help="with --resume: allow code inside its checkpoints to run")
+
 
 def _layer_ref(text: str) -> int | str:
     """A layer index when the text is an integer, else a layer name."""
@@ -66,7 +73,7 @@ TRAIN_FLAGS = {"dataset": "data.dataset", "model": "model.name", "epochs": "trai
                "backbone": "model.backbone", "transfer": "model.transfer", "weights": "model.weights",
                "cut_at": "model.cut_at", "unfreeze": "model.unfreeze",
                "strategy": "train.strategy", "mixed_precision": "train.mixed_precision",
-               "jit_compile": "train.jit_compile"}
+               "jit_compile": "train.jit_compile", "strict": "data.strict"}
 
 
 def config_from_args(args):
@@ -79,7 +86,17 @@ def config_from_args(args):
 def cmd_train(args) -> int:
     from kerascnn.runner import run
 
-    result = run(config_from_args(args))
+    if args.resume:
+        given = [flag for flag in ("config", "preset", *TRAIN_FLAGS) if getattr(args, flag) is not None] + (
+            ["set"] if args.set else [])
+        if given:
+            raise KerasCNNError(f"--resume continues a run with its stored config.toml; drop "
+                                f"{', '.join('--' + flag.replace('_', '-') for flag in given)}")
+        result = run(resume=args.resume, unsafe=args.unsafe)
+    elif args.unsafe:
+        raise KerasCNNError("--unsafe applies to the checkpoints of a resumed run; use it with --resume RUN_DIR")
+    else:
+        result = run(config_from_args(args))
     if not result.chief:
         print("worker finished: the chief writes the run directory and the artifacts")
         return EXIT_OK
@@ -121,7 +138,7 @@ def cmd_evaluate(args) -> int:
 
     from kerascnn.report import evaluate_run
 
-    report = evaluate_run(run_dir, args.artifact, config)
+    report = evaluate_run(run_dir, args.artifact, config, unsafe=args.unsafe)
     metrics = report.metrics
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -145,6 +162,7 @@ def cmd_export(args) -> int:
     from kerascnn.data.datasets import load_data
     from kerascnn.export import export
     from kerascnn.predict import load
+    from kerascnn.resume import write_text_atomically
 
     run_dir = Path(args.run_dir)
     config = _run_config(run_dir)
@@ -154,7 +172,7 @@ def cmd_export(args) -> int:
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         manifest["artifacts"] = {**manifest.get("artifacts", {}), **artifacts}
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        write_text_atomically(manifest_path, json.dumps(manifest, indent=2) + "\n")
     print_artifacts(artifacts)
     return EXIT_OK
 
@@ -277,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of the run's config, e.g. --set evaluate.tsne_sample=200 (repeatable)")
     p.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
+    p.add_argument("--unsafe", action="store_true", help="allow code inside Keras model files to run")
     p = sub.add_parser("export", help="write and verify a run's artifacts again from model.keras")
     p.add_argument("run_dir")
     p = sub.add_parser("predict", help="classify images with any artifact")
@@ -311,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"kerascnn: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("kerascnn: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a RunInterrupted carries the resume command
+        print(f"kerascnn: {str(exc) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

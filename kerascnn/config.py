@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -52,8 +53,10 @@ class RunSection:
 
     def __post_init__(self):
         if self.name is not None:
-            _check(self.name.strip() != "" and "/" not in self.name and self.name not in (".", ".."),
+            _check(self.name.strip() != "" and not set("/\\\0") & set(self.name) and self.name not in (".", ".."),
                    f"run.name must be a plain folder name, got {self.name!r}")
+        _check(self.output.strip() != "" and "\0" not in self.output,
+               f"run.output must be a folder path, got {self.output!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +74,8 @@ class DataConfig:
         cache: keep decoded images in memory after the first epoch (default True; folders stream
             from disk when False).
         shuffle_buffer: tf.data shuffle buffer size (default 10000).
+        strict: for image folders, make any file that is not a usable image an error listing them,
+            instead of skipping it into `skipped_files.csv` (default False).
     """
 
     dataset: str = "digits"
@@ -81,9 +86,11 @@ class DataConfig:
     max_train_examples: int | None = None
     cache: bool = True
     shuffle_buffer: int = 10000
+    strict: bool = False
 
     def __post_init__(self):
-        _check(self.dataset.strip() != "", "data.dataset must not be empty; run `kerascnn datasets` for names")
+        _check(self.dataset.strip() != "" and "\0" not in self.dataset,
+               f"data.dataset must be a dataset name or folder path, got {self.dataset!r}; run `kerascnn datasets`")
         if self.image_size is not None:
             _check(len(self.image_size) == 2 and all(s > 0 for s in self.image_size),
                    f"data.image_size must be [height, width] with positive sizes, got {list(self.image_size)}")
@@ -274,6 +281,9 @@ class TrainConfig:
             Speeds up GPUs with tensor cores, not CPUs (default False).
         jit_compile: compile the training step with XLA; False leaves it to Keras, which uses XLA on a
             single GPU and never on CPU (default False).
+        backup_every: batches between crash-recovery backups in `checkpoints/backup` (one is also
+            written at each epoch end) that `kerascnn train --resume` continues from; 0 turns
+            backups off (default 100).
     """
 
     epochs: int = 20
@@ -292,6 +302,7 @@ class TrainConfig:
     strategy: str = "auto"
     mixed_precision: bool = False
     jit_compile: bool = False
+    backup_every: int = 100
 
     def __post_init__(self):
         _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
@@ -312,6 +323,7 @@ class TrainConfig:
         _check(self.verbose in (0, 1, 2), f"train.verbose must be 0, 1 or 2, got {self.verbose}")
         _check(self.strategy in STRATEGIES, f"train.strategy: unknown strategy {self.strategy!r}"
                f"{_suggest(self.strategy, STRATEGIES)}; choose from {', '.join(STRATEGIES)}")
+        _check(self.backup_every >= 0, f"train.backup_every must be >= 0 (0: no backups), got {self.backup_every}")
 
 
 EXPORT_FORMATS = ("keras", "h5", "saved_model", "tflite")
@@ -437,6 +449,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool),
                f"{where} must be a number, got {value!r}")
+        _check(math.isfinite(value) if isinstance(value, float) else abs(value) < 2 ** 1023,
+               f"{where} must be a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         _check(isinstance(value, str), f"{where} must be a string, got {value!r}")

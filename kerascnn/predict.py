@@ -33,7 +33,9 @@ class KerasRuntime:
 
         from kerascnn.models import registry
         from kerascnn.models.subclassed import CUSTOM_OBJECTS
+        from kerascnn.safety import check_model_file
 
+        check_model_file(path, unsafe)
         try:
             self.model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False,
                                                  safe_mode=not unsafe)

@@ -261,13 +261,15 @@ def check_compatible(predictor, data: ImageData, artifact: str) -> None:
                         f"gives {tuple(data.input_shape)}; set data.image_size to the model's height and width")
 
 
-def evaluate_run(run_dir: str | Path, artifact: str | None = None, config: RunConfig | None = None) -> Report:
+def evaluate_run(run_dir: str | Path, artifact: str | None = None, config: RunConfig | None = None,
+                 unsafe: bool = False) -> Report:
     """Evaluate an artifact of a run directory on its dataset's test split and write the report.
 
     Args:
         run_dir: a run directory written by `kerascnn train`.
         artifact: artifact path relative to the run directory (default model.keras).
         config: the run's config with any overrides (default: the run directory's config.toml).
+        unsafe: let a Keras artifact run code it carries (Lambda layers); default False (safe_mode).
 
     Example:
         evaluate_run("saved_models/digits-cnn", "model.tflite").metrics["per_class"]["3"]["recall"]
@@ -287,7 +289,7 @@ def evaluate_run(run_dir: str | Path, artifact: str | None = None, config: RunCo
                              f"({', '.join(present) or 'none found: train the run first'})")
     config = config or config_from_dict(read_config_file(run_dir / "config.toml"))
     data = load_data(config.data, seed=config.run.seed)
-    predictor = load(run_dir / artifact)
+    predictor = load(run_dir / artifact, unsafe=unsafe)
     check_compatible(predictor, data, artifact)
     return write_report(run_dir, data, predictor, config.evaluate, artifact, seed=config.run.seed)
 

@@ -1,9 +1,11 @@
 """`run(config)`: the whole path from data to verified artifacts. The only module that knows every stage.
 
 Order matters for the promise "bad input writes nothing": the config is validated when it is
-built, then data are loaded and the model built, and only then is the run directory created.
-Under a multi-worker strategy only the chief writes the run directory, evaluates and exports; the
-other workers train into a temporary folder that is removed when they finish.
+built, then data are loaded and the model built, the output folder checked for write access and
+free space, and only then is the run directory created. A run killed or interrupted before its
+manifest is written continues with `run(resume=run_dir)` (see kerascnn.resume). Under a
+multi-worker strategy only the chief writes the run directory, evaluates and exports; the other
+workers train into a temporary folder that is removed when they finish.
 """
 
 from __future__ import annotations
@@ -19,23 +21,32 @@ from functools import partial
 from pathlib import Path
 
 import keras
+import pandas as pd
 import tensorflow as tf
 
 from kerascnn import __version__
-from kerascnn.config import RunConfig
+from kerascnn.config import RunConfig, config_from_dict, read_config_file
 from kerascnn.data.augment import make_augment
 from kerascnn.data.datasets import ImageData, load_data
+from kerascnn.data.folder import SKIPPED_FILES_CSV
 from kerascnn.distribute import check_float32_output, is_chief, make_strategy, precision, strategy_name
 from kerascnn.errors import ConfigError
 from kerascnn.evaluation import evaluate, positive_class_index
 from kerascnn.export import export
 from kerascnn.models.registry import build_model
 from kerascnn.models.transfer import build_from_config, fine_tune
+from kerascnn.predict import KerasRuntime
 from kerascnn.report import Report, write_report
-from kerascnn.training import train
+from kerascnn.resume import (TRAINED_MODEL, RunInterrupted, check_resumable, write_atomically,
+                             write_text_atomically)
+from kerascnn.training import HISTORY_FILE, TrainResult, train
 
 MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "config.toml"
+# Disk a run needs, in bytes a model parameter: float32 weights in about 12 copies (artifacts, best
+# checkpoint and backup with optimizer slots, trained model), plus a margin for logs and history.
+BYTES_PER_PARAMETER = 4 * 12
+MIN_FREE_BYTES = 16 * 2 ** 20
 
 
 @dataclasses.dataclass
@@ -76,11 +87,29 @@ def prepare_run_dir(config: RunConfig) -> Path:
 
 
 def _writable(folder: Path) -> bool:
-    return os.access(folder, os.W_OK | os.X_OK)
+    """Whether a file can be created in `folder`. os.access alone misses virtual and read-only filesystems
+    and answers yes to root everywhere, so a temporary file is created (and removed at once) too."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_free_space(run_dir: Path, model: keras.Model) -> None:
+    """Raise ConfigError if the disk under `run_dir` cannot hold the run's checkpoints and artifacts."""
+    folder = next(p for p in [run_dir, *run_dir.parents] if p.exists())
+    needed = model.count_params() * BYTES_PER_PARAMETER + MIN_FREE_BYTES
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ConfigError(f"output folder {str(folder)!r} has {free / 2 ** 20:.0f} MiB free but this run needs about "
+                          f"{needed / 2 ** 20:.0f} MiB; free some space or pass --output on another disk")
 
 
 def write_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics: dict, train_seconds: float,
-                   epochs_run: int, artifacts: dict, distribution: dict | None = None) -> dict:
+                   epochs_run: int, artifacts: dict, distribution: dict | None = None, resumed: bool = False) -> dict:
     manifest = {
         "kerascnn_version": __version__,
         "tensorflow_version": tf.__version__,
@@ -94,31 +123,46 @@ def write_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metri
         "input_shape": list(data.input_shape),
         "counts": data.counts,
         "epochs_run": epochs_run,
+        "resumed": resumed,
         "train_seconds": round(train_seconds, 3),
         **(distribution or {}),
         "test_metrics": test_metrics,
         "artifacts": artifacts,
     }
-    (run_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if data.folder_scan is not None:
+        manifest["scan"] = data.folder_scan.summary()
+    write_text_atomically(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def run(config: RunConfig | None = None, data: ImageData | None = None) -> RunResult:
+def run(config: RunConfig | None = None, data: ImageData | None = None, resume: str | Path | None = None,
+        unsafe: bool = False) -> RunResult:
     """Train, evaluate and export one run described by `config`, then write its report (unless
     `evaluate.report` is false).
 
     Args:
         config: a RunConfig (default RunConfig(): digits with the seed CNN).
         data: an ImageData to use instead of loading `config.data.dataset` (e.g. from `from_arrays`).
+        resume: the directory of a run that was killed or interrupted before it finished: continue it
+            with its stored config.toml (then `config` must be None). Default None: a new run.
+        unsafe: on resume, allow the run's checkpoints to run code they carry (default False).
 
     Example:
         result = run(load_config(preset="digits")); print(result.run_dir, result.test_metrics)
     """
-    config = config or RunConfig()
-    # First: MultiWorkerMirroredStrategy must set up collective ops before TensorFlow runs anything.
+    if resume is not None:
+        if config is not None:
+            raise ConfigError("a resumed run uses its stored config.toml; pass either a config or resume, not both")
+        run_dir = Path(resume)
+        check_resumable(run_dir, CONFIG_FILE, MANIFEST_FILE)
+        config = config_from_dict(read_config_file(run_dir / CONFIG_FILE))
+    else:
+        config = config or RunConfig()
+    # Next: MultiWorkerMirroredStrategy must set up collective ops before TensorFlow runs anything.
     strategy = make_strategy(config.train.strategy)
     chief = is_chief(strategy)
-    run_dir = prepare_run_dir(config) if chief else None
+    if resume is None:
+        run_dir = prepare_run_dir(config) if chief else None
     keras.utils.set_random_seed(config.run.seed)
     data = data or load_data(config.data, seed=config.run.seed)
     with strategy.scope(), precision(config.train.mixed_precision):
@@ -128,39 +172,57 @@ def run(config: RunConfig | None = None, data: ImageData | None = None) -> RunRe
     positive_class_index(data.class_names, config.evaluate.positive_class)  # a typo fails before training
     augment = make_augment(config.augment, seed=config.run.seed, data=data)
     if chief:
-        if run_dir.exists():  # --overwrite was given: the old run goes only now that inputs are known good
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        (run_dir / CONFIG_FILE).write_text(config.to_toml(), encoding="utf-8")
+        check_free_space(run_dir, model)
+        if resume is None:
+            if run_dir.exists():  # --overwrite was given: the old run goes only now that inputs are known good
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
+            write_text_atomically(run_dir / CONFIG_FILE, config.to_toml())
+        if data.folder_scan is not None:
+            write_atomically(run_dir / SKIPPED_FILES_CSV, data.folder_scan.write_skipped)
     work_dir = run_dir or Path(tempfile.mkdtemp(prefix="kerascnn-worker-"))
     train_config = config.train if chief else dataclasses.replace(config.train, verbose=0)  # the chief reports
     fit = partial(fine_tune, unfreeze=config.model.unfreeze) if config.model.transfer == "fine_tune" else train
     try:
-        result = fit(model, data, train_config, work_dir, seed=config.run.seed, cache=config.data.cache,
-                     shuffle_buffer=config.data.shuffle_buffer, augment=augment)
+        if resume is not None and (run_dir / TRAINED_MODEL).is_file():  # training had finished: export only
+            model = KerasRuntime(run_dir / TRAINED_MODEL, unsafe).model
+            history = pd.read_csv(run_dir / HISTORY_FILE)
+            result = TrainResult(history=history, train_seconds=0.0, epochs_run=len(history))
+        else:
+            result = fit(model, data, train_config, work_dir, seed=config.run.seed, cache=config.data.cache,
+                         shuffle_buffer=config.data.shuffle_buffer, augment=augment, resume=resume is not None)
+        if not chief:
+            return RunResult(run_dir=None, model=model, data=data, test_metrics={}, manifest={}, chief=False)
+        if config.train.mixed_precision or strategy_name(strategy) != "default":
+            model = deployable_copy(model, config, data)
+        test_metrics = evaluate(model, data)
+        artifacts = export(model, run_dir, data, config.export)
+        distribution = {"strategy": strategy_name(strategy), "num_replicas_in_sync": result.num_replicas_in_sync,
+                        "global_batch_size": result.global_batch_size}
+        manifest = write_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run,
+                                  artifacts, distribution, resumed=resume is not None)
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir) from None
     finally:
         if not chief:
             shutil.rmtree(work_dir, ignore_errors=True)
-    if not chief:
-        return RunResult(run_dir=None, model=model, data=data, test_metrics={}, manifest={}, chief=False)
-    if config.train.mixed_precision or strategy_name(strategy) != "default":
-        model = deployable_copy(model, config, data)
-    test_metrics = evaluate(model, data)
-    artifacts = export(model, run_dir, data, config.export)
-    distribution = {"strategy": strategy_name(strategy), "num_replicas_in_sync": result.num_replicas_in_sync,
-                    "global_batch_size": result.global_batch_size}
-    manifest = write_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run, artifacts,
-                              distribution)
+    (run_dir / TRAINED_MODEL).unlink(missing_ok=True)  # model.keras holds it now
     report = write_report(run_dir, data, model, config.evaluate, seed=config.run.seed) if config.evaluate.report else None
     return RunResult(run_dir=run_dir, model=model, data=data, test_metrics=test_metrics, manifest=manifest,
                      report=report)
 
 
 def make_model(config: RunConfig, data: ImageData) -> keras.Model:
-    """The configured network: a transfer model over a backbone, or a registered builder's model."""
+    """The configured network (a transfer model over a backbone, or a registered builder's model);
+    an option value its builder rejects is a ConfigError, not a traceback."""
     if config.model.backbone:
         return build_from_config(config.model, data.input_shape, data.num_classes)
-    return build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
+    try:
+        return build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
+    except (TypeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model {config.model.name!r} rejected its options {config.model.options}: "
+                          f"{reason}") from None
 
 
 def deployable_copy(model: keras.Model, config: RunConfig, data: ImageData) -> keras.Model:

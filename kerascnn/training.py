@@ -2,14 +2,16 @@
 
 `train(model, data, config)` compiles (optimizer, schedule, loss with label smoothing), builds the
 Keras callbacks (ModelCheckpoint best on val_loss, EarlyStopping with best weights restored,
-CSVLogger, TensorBoard, TerminateOnNaN) and calls `model.fit` over the tf.data pipeline, under the
-strategy the model was built in (`kerascnn.distribute`; its `fit_distributed` where fit is broken).
+CSVLogger, TensorBoard, TerminateOnNaN, BackupAndRestore for `--resume`; see kerascnn.resume) and
+calls `model.fit` over the tf.data pipeline, under the strategy the model was built in
+(`kerascnn.distribute`; its `fit_distributed` where fit is broken).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from kerascnn.data.pipeline import batches
 from kerascnn.distribute import (distribute_dataset, fit_distributed, global_batch_size, needs_custom_loop,
                                  strategy_name)
 from kerascnn.errors import TrainingError
+from kerascnn.resume import (BACKUP_DIR, TRAINED_MODEL, AtomicBackupAndRestore, AtomicModelCheckpoint,
+                             ResumableEarlyStopping, ResumeState, TrainedModelSaver, resume_state)
 
 CHECKPOINT_FILE = "checkpoints/best.keras"
 HISTORY_FILE = "history.csv"
@@ -77,22 +81,33 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int)
     return model
 
 
-def make_callbacks(config: TrainConfig, run_dir: Path | None, continue_from: TrainResult | None = None
-                   ) -> list[keras.callbacks.Callback]:
-    """TerminateOnNaN and EarlyStopping always; checkpoint, CSV history and TensorBoard in a run dir.
+def make_callbacks(config: TrainConfig, run_dir: Path | None, resume: ResumeState | None = None,
+                   continue_from: TrainResult | None = None) -> list[keras.callbacks.Callback]:
+    """TerminateOnNaN and EarlyStopping always; checkpoint, CSV history, backup and TensorBoard in a run dir.
 
-    After `continue_from`, history.csv is appended to and the checkpoint is only replaced by a better one.
+    The order matters at each epoch end: the CSV row and the best checkpoint are written before
+    the backup records the epoch as done, so a resume never skips or repeats an epoch. After
+    `continue_from` (a fit this one carries on), history.csv is appended to and the checkpoint is
+    only replaced by a better one.
     """
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
     if config.early_stopping_patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
-                                                       restore_best_weights=True))
+        callbacks.append(ResumableEarlyStopping(resume, run_dir / CHECKPOINT_FILE if run_dir else None,
+                                                monitor="val_loss", patience=config.early_stopping_patience,
+                                                restore_best_weights=True))
     if run_dir is not None:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        best = float(continue_from.history["val_loss"].min()) if continue_from else None
-        callbacks += [keras.callbacks.ModelCheckpoint(str(run_dir / CHECKPOINT_FILE), monitor="val_loss",
-                                                      save_best_only=True, initial_value_threshold=best),
-                      keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=continue_from is not None)]
+        if resume:
+            best = resume.best_val_loss
+        else:
+            best = float(continue_from.history["val_loss"].min()) if continue_from else None
+        append = resume is not None or continue_from is not None
+        callbacks += [keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=append),
+                      AtomicModelCheckpoint(str(run_dir / CHECKPOINT_FILE), monitor="val_loss", save_best_only=True,
+                                            initial_value_threshold=best),
+                      TrainedModelSaver(run_dir / TRAINED_MODEL)]
+        if config.backup_every > 0:
+            callbacks.append(AtomicBackupAndRestore(str(run_dir / BACKUP_DIR), save_freq=config.backup_every))
         if config.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(str(run_dir / LOG_DIR), profile_batch=0))
     return callbacks
@@ -100,7 +115,7 @@ def make_callbacks(config: TrainConfig, run_dir: Path | None, continue_from: Tra
 
 def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None, run_dir: Path | None = None,
           seed: int = 42, cache: bool = True, shuffle_buffer: int = 10000, augment=None,
-          continue_from: TrainResult | None = None) -> TrainResult:
+          continue_from: TrainResult | None = None, resume: bool = False) -> TrainResult:
     """Compile and fit `model` on `data.train`, validating on `data.validation`.
 
     Args:
@@ -114,6 +129,7 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
             itself (the legacy ImageDataGenerator backend of `kerascnn.data.augment.make_augment`).
         continue_from: an earlier TrainResult of this model (e.g. fine-tuning's head phase): epochs are
             numbered on from it and the returned result covers both.
+        resume: continue the interrupted fit whose backup and history are in `run_dir` (default False).
 
     The model trains under the tf.distribute strategy it was built in (`model.distribute_strategy`):
     `config.batch_size` is per replica, and each step takes that times the number of replicas.
@@ -140,8 +156,12 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
     def validation_batches(ds, batch_size):
         return batches(ds, batch_size, data.num_classes, cache=cache)
 
+    run_dir = Path(run_dir) if run_dir else None
+    state = resume_state(run_dir, HISTORY_FILE) if resume and run_dir else None
+    if run_dir is not None and not resume:  # BackupAndRestore would silently continue a stale backup
+        shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
     first_epoch = continue_from.epochs_run if continue_from else 0
-    callbacks = make_callbacks(config, Path(run_dir) if run_dir else None, continue_from)
+    callbacks = make_callbacks(config, run_dir, state, continue_from)
     start = time.perf_counter()
     if needs_custom_loop(strategy):
         history = fit_distributed(model, distribute_dataset(strategy, data.train, train_batches, global_batch, True),
@@ -153,14 +173,21 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
                             validation_data=validation_batches(data.validation, global_batch),
                             initial_epoch=first_epoch, epochs=first_epoch + config.epochs, verbose=config.verbose,
                             shuffle=False, callbacks=callbacks)
-    seconds = time.perf_counter() - start
-    frame = pd.DataFrame(history.history)
-    frame.insert(0, "epoch", history.epoch)
-    if continue_from:
-        frame = pd.concat([continue_from.history, frame], ignore_index=True)
-        seconds += continue_from.train_seconds
+    seconds = time.perf_counter() - start + (continue_from.train_seconds if continue_from else 0.0)
+    if run_dir is not None and (run_dir / HISTORY_FILE).is_file():  # every epoch, those before a resume included
+        frame = pd.read_csv(run_dir / HISTORY_FILE)
+    else:
+        frame = pd.DataFrame(history.history)
+        frame.insert(0, "epoch", history.epoch)
+        if continue_from:
+            frame = pd.concat([continue_from.history, frame], ignore_index=True)
     if not np.isfinite(frame["loss"]).all():
-        raise TrainingError("training stopped: the loss became NaN or infinite; lower train.learning_rate "
-                            "or check the input data (the best checkpoint so far is kept)")
+        epoch = int(frame["epoch"][~np.isfinite(frame["loss"])].iloc[0]) + 1
+        kept = (f"the best checkpoint so far is kept in {run_dir / CHECKPOINT_FILE}"
+                if run_dir is not None and (run_dir / CHECKPOINT_FILE).is_file() else "no checkpoint was saved")
+        raise TrainingError(f"training stopped: the loss became NaN or infinite in epoch {epoch} with "
+                            f"{config.optimizer} at learning rate {config.learning_rate:g}; the learning rate is "
+                            f"the likely cause: lower train.learning_rate (--learning-rate), or check the input "
+                            f"data; {kept}")
     return TrainResult(history=frame, train_seconds=seconds, epochs_run=len(frame),
                        num_replicas_in_sync=strategy.num_replicas_in_sync, global_batch_size=global_batch)

@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import gzip
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -21,6 +21,9 @@ from sklearn.model_selection import train_test_split
 
 from kerascnn.config import DataConfig
 from kerascnn.errors import DataError
+
+if TYPE_CHECKING:
+    from kerascnn.data.folder import FolderScan
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -40,6 +43,7 @@ class ImageData:
         counts: number of images in each split.
         arrays: the numpy arrays behind each split for in-memory sources (None for streamed ones).
         files: the image paths and labels behind each split for image folders (None otherwise).
+        folder_scan: for image folders, what the scan found and skipped (a `FolderScan`; None otherwise).
     """
 
     name: str
@@ -51,6 +55,7 @@ class ImageData:
     counts: dict[str, int]
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     files: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    folder_scan: FolderScan | None = None
 
     @property
     def num_classes(self) -> int:

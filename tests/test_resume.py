@@ -1,0 +1,204 @@
+"""Crash and resume: a run killed at any moment continues to the same epochs, history and artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+import kerascnn
+from kerascnn import runner, training
+from kerascnn.cli import main
+from kerascnn.errors import ConfigError
+from kerascnn.predict import load
+from kerascnn.resume import (AtomicModelCheckpoint, ResumableEarlyStopping, ResumeState, RunInterrupted,
+                             resume_state)
+from kerascnn.runner import run
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 2
+
+
+def assert_complete(run_dir: Path, epochs: int = EPOCHS) -> None:
+    """A finished run: every epoch once in history.csv, manifest, verified artifacts, no leftovers."""
+    history = pd.read_csv(run_dir / "history.csv")
+    assert list(history["epoch"]) == list(range(epochs))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["epochs_run"] == epochs and manifest["resumed"] is True
+    assert all(a["parity"]["top1_agreement"] == 1.0 for a in manifest["artifacts"].values())
+    assert not (run_dir / "checkpoints" / "backup").exists()
+    assert not (run_dir / "checkpoints" / "trained.keras").exists()
+    assert not [p for p in run_dir.rglob(".tmp-*")]
+    load(run_dir / "checkpoints" / "best.keras")
+
+
+def test_sigkill_mid_epoch_then_resume_ends_with_the_same_epochs(tmp_path):
+    train = [sys.executable, "-m", "kerascnn", "train"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run_dir = tmp_path / "digits"
+    proc = subprocess.Popen(train + ["--output", str(tmp_path), "--name", "digits", "--epochs", str(EPOCHS),
+                                     "--batch-size", "4", "--set", "data.max_train_examples=600",
+                                     "--set", "train.backup_every=5", "--set", "train.verbose=0",
+                                     "--set", "train.tensorboard=false", "--set", "model.options.filters=[8]",
+                                     "--set", "model.options.dense=32", "--set", "export.formats=['keras']"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metadata = run_dir / "checkpoints" / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            state = json.loads(metadata.read_text())
+        except (OSError, ValueError):
+            state = {"epoch": 0, "batch": 0}
+        if state["epoch"] == EPOCHS - 1 and state["batch"] > 0:  # in the last epoch, after a few batches
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == list(range(EPOCHS - 1))  # killed mid-epoch
+    done = subprocess.run(train + ["--resume", str(run_dir)], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"run directory: {run_dir}" in done.stdout
+    assert_complete(run_dir)
+
+
+class InterruptOnce(keras.callbacks.Callback):
+    """Ctrl-C arriving mid-epoch: raises KeyboardInterrupt at one batch of one epoch, once per test."""
+
+    fired = False
+
+    def __init__(self, epoch: int, batch: int):
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not InterruptOnce.fired and self.current == self.epoch and batch == self.batch:
+            InterruptOnce.fired = True
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def ctrl_c(monkeypatch):
+    """Make the next fit receive Ctrl-C at batch 7 of its second epoch."""
+    InterruptOnce.fired = False
+    make_callbacks = training.make_callbacks
+    monkeypatch.setattr(training, "make_callbacks", lambda *a, **k: make_callbacks(*a, **k) + [InterruptOnce(1, 7)])
+
+
+TINY = ["--epochs", str(EPOCHS), "--set", "train.backup_every=3", "--set", "train.verbose=0",
+        "--set", "data.max_train_examples=400",
+        "--set", "model.options.filters=[4]", "--set", "model.options.dense=16", "--set", "train.tensorboard=false",
+        "--set", "export.formats=['keras']"]
+
+
+def test_ctrl_c_prints_the_resume_command_and_resume_finishes(tmp_path, capsys, ctrl_c):
+    assert main(["train", "--output", str(tmp_path), "--name", "run", *TINY]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == f"kerascnn: interrupted; continue the run with: kerascnn train --resume {tmp_path / 'run'}"
+    assert list(pd.read_csv(tmp_path / "run" / "history.csv")["epoch"]) == [0]
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+    assert_complete(tmp_path / "run")
+
+
+def test_killed_during_export_resumes_into_export_without_training_again(tmp_path, monkeypatch):
+    config = kerascnn.load_config(values={"run.output": str(tmp_path), "run.name": "run", "train.epochs": 2,
+                                          "train.verbose": 0, "train.tensorboard": False,
+                                          "model.options": {"filters": [4], "dense": 16}, "export.formats": ["keras"]})
+
+    def interrupted_export(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "export", interrupted_export)
+        with pytest.raises(RunInterrupted) as interrupted:
+            run(config)
+    assert interrupted.value.run_dir == tmp_path / "run"
+    assert (tmp_path / "run" / "checkpoints" / "trained.keras").is_file()
+    monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("training ran again"))
+    result = run(resume=tmp_path / "run")
+    assert_complete(result.run_dir, epochs=2)
+
+
+def test_resume_refuses_finished_runs_and_a_second_config(tmp_path):
+    config = kerascnn.load_config(values={"run.output": str(tmp_path), "run.name": "run", "train.epochs": 1,
+                                          "train.verbose": 0, "train.tensorboard": False,
+                                          "model.options": {"filters": [4], "dense": 16}, "export.formats": ["keras"]})
+    run_dir = run(config).run_dir
+    with pytest.raises(ConfigError, match="already finished"):
+        run(resume=run_dir)
+    with pytest.raises(ConfigError, match="not both"):
+        run(config, resume=run_dir)
+
+
+def test_history_is_cut_back_to_the_epochs_before_the_backup(tmp_path):
+    backup = tmp_path / "checkpoints" / "backup"
+    backup.mkdir(parents=True)
+    (backup / "latest.weights.h5").write_bytes(b"weights")
+    (backup / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n0,1.0,0.9\n1,0.8,0.7\n1,0.8,0.7\n2,0.6,0.8\n3,0.5")
+    state = resume_state(tmp_path, "history.csv")
+    assert state == ResumeState(start_epoch=2, best_val_loss=0.7, best_epoch=1)
+    assert (tmp_path / "history.csv").read_text() == "epoch,loss,val_loss\n0,1.0,0.9\n1,0.8,0.7\n"
+
+
+def test_a_backup_without_its_metadata_restarts_from_scratch(tmp_path):
+    backup = tmp_path / "checkpoints" / "backup"
+    backup.mkdir(parents=True)
+    (backup / "latest.weights.h5").write_bytes(b"half written")
+    (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n")
+    assert resume_state(tmp_path, "history.csv") == ResumeState()
+    assert not backup.exists()
+
+
+def tiny_model() -> keras.Model:
+    return keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+
+
+def test_a_checkpoint_write_that_dies_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    model = tiny_model()
+    path = tmp_path / "best.keras"
+    checkpoint = AtomicModelCheckpoint(str(path), monitor="val_loss", save_best_only=True)
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"val_loss": 1.0})
+    before = path.read_bytes()
+
+    def dies_halfway(self, filepath, *args, **kwargs):
+        Path(filepath).write_bytes(b"PK\x03\x04 partial zip")
+        raise OSError("killed")
+
+    monkeypatch.setattr(keras.Model, "save", dies_halfway)
+    with pytest.raises(OSError):
+        checkpoint.on_epoch_end(1, {"val_loss": 0.5})
+    assert path.read_bytes() == before
+    monkeypatch.undo()
+    checkpoint.on_epoch_end(2, {"val_loss": float("nan")})  # never the best
+    assert path.read_bytes() == before
+    load(path)
+
+
+def test_early_stopping_carries_on_patience_and_best_weights_after_resume(tmp_path):
+    best_model, model = tiny_model(), tiny_model()
+    best_model.save(tmp_path / "best.keras")
+    stopper = ResumableEarlyStopping(ResumeState(start_epoch=3, best_val_loss=0.5, best_epoch=0),
+                                     tmp_path / "best.keras", monitor="val_loss", patience=3,
+                                     restore_best_weights=True)
+    stopper.set_model(model)
+    stopper.on_train_begin()
+    assert stopper.wait == 2 and stopper.best == 0.5
+    stopper.on_epoch_end(3, {"val_loss": 0.9})
+    assert model.stop_training
+    stopper.on_train_end()
+    for restored, best in zip(model.get_weights(), best_model.get_weights()):
+        np.testing.assert_array_equal(restored, best)
