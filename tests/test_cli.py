@@ -57,7 +57,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args,
     assert not output.exists()
 
 
-@pytest.mark.parametrize("layout, fragment", [("empty", "no images"), ("one_class", "one class only")])
+@pytest.mark.parametrize("layout, fragment", [("empty", "no usable images"), ("one_class", "one class only")])
 def test_bad_folders_from_the_cli(tmp_path, capsys, layout, fragment):
     root = tmp_path / "data"
     (root / "a").mkdir(parents=True)

@@ -84,7 +84,7 @@ def test_grayscale_folder_gets_one_channel(tmp_path):
 
 @pytest.mark.parametrize("layout, fragment", [
     ("missing", "does not exist"),
-    ("empty", "no images"),
+    ("empty", "no usable images"),
     ("one_class", "one class only"),
     ("tiny_class", "smallest class has 1 images"),
 ])
