@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-BENCH_MODULES = ()  # e.g. "kerascnn.bench.augment"; imported lazily by the CLI
+BENCH_MODULES = ("kerascnn.bench.predict",)  # imported lazily by the CLI
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,8 +3,8 @@
 Layout rule: each immediate sub-folder of the root is a class (sorted by name); every image file
 below it, in nested folders too, belongs to that class. Class folders without images are skipped
 with a warning. Files are split stratified (scikit-learn, seeded) into train/validation/test and
-decoded on the fly by `tf.io.decode_image`, so the images never sit in memory all at once
-(unless `data.cache` keeps the decoded tensors after the first epoch).
+decoded on the fly by `kerascnn.data.decode` (the decoding serving uses too), so the images
+never sit in memory all at once (unless `data.cache` keeps the decoded tensors after the first epoch).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kerascnn.config import DataConfig
+from kerascnn.data.decode import decode_encoded_image
 from kerascnn.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -76,10 +77,7 @@ def guess_channels(paths: list[str], sample: int = 64) -> int:
 
 def decode_image(path: tf.Tensor, channels: int, image_size: tuple[int, int]) -> tf.Tensor:
     """Read and decode one file to float32 pixels (0..255) of `image_size` x `channels`."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False, dtype=tf.uint8)
-    image = tf.image.resize(tf.cast(image, tf.float32), image_size)
-    image.set_shape((*image_size, channels))
-    return image
+    return decode_encoded_image(tf.io.read_file(path), channels, image_size)
 
 
 def file_dataset(paths, labels, channels: int, image_size: tuple[int, int]) -> tf.data.Dataset:
