@@ -233,12 +233,13 @@ def to_pixels(images, input_shape: tuple[int, int, int]) -> np.ndarray:
     from kerascnn.errors import DataError
 
     if isinstance(images, np.ndarray):
-        batch = images[None] if images.ndim == len(input_shape) else images
-        if batch.ndim == 3 and input_shape[-1] == 1:
+        input_shape = tuple(input_shape)
+        batch = images[None] if images.ndim == 2 or images.shape == input_shape else images
+        if batch.ndim == 3 and input_shape[-1] == 1:  # gray images without their channel axis
             batch = batch[..., None]
-        if batch.shape[1:] != tuple(input_shape):
-            raise DataError(f"images have shape {tuple(batch.shape[1:])} but the model takes {tuple(input_shape)} "
-                            f"(height, width, channels); pass file paths or PIL images to have them resized")
+        if batch.shape[1:] != input_shape:
+            raise DataError(f"images have shape {images.shape} but the model takes {input_shape} (height, width, "
+                            f"channels) or a batch of them; pass file paths or PIL images to have them resized")
         return batch.astype(np.float32, copy=False)
     if isinstance(images, (str, Path, bytes, Image.Image)):
         images = [images]

@@ -111,5 +111,5 @@ def run(args) -> dict:
     for path in artifacts:
         name = path.relative_to(run_dir).as_posix()
         for key, value in measure(path, args.repeats, args.batch_size).items():
-            results[f"{name}.{key}"] = round(value, 4)
+            results[f"{name}.{key}"] = float(f"{value:.4g}")  # 4 significant digits: timings are noisy anyway
     return results
