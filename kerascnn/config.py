@@ -177,7 +177,8 @@ class TrainConfig:
         _check(self.verbose in (0, 1, 2), f"train.verbose must be 0, 1 or 2, got {self.verbose}")
 
 
-EXPORT_FORMATS = ("keras", "h5", "saved_model", "tflite")
+EXPORT_FORMATS = ("keras", "h5", "saved_model", "tflite", "onnx")
+DEFAULT_EXPORT_FORMATS = ("keras", "h5", "saved_model", "tflite")  # onnx needs the optional tf2onnx/onnxruntime
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
 INT8_IO_TYPES = ("uint8", "int8")
 
@@ -187,7 +188,8 @@ class ExportConfig:
     """Which artifacts are written and checked.
 
     Attributes:
-        formats: any of keras, h5, saved_model, tflite (default: all four).
+        formats: any of keras, h5, saved_model, tflite, onnx (default: all but onnx, which needs
+            `pip install kerascnn[onnx]`).
         tflite: TFLite variants to write when `tflite` is in formats: float32 (`model.tflite`),
             float16 (float16 weights), dynamic (int8 weights, float activations), int8 (full integer)
             (default ["float32", "int8"]).
@@ -198,7 +200,7 @@ class ExportConfig:
             older versions are never touched (default: `saved_model/` inside the run directory).
     """
 
-    formats: tuple[str, ...] = EXPORT_FORMATS
+    formats: tuple[str, ...] = DEFAULT_EXPORT_FORMATS
     tflite: tuple[str, ...] = ("float32", "int8")
     int8_io: str = "uint8"
     calibration_images: int = 256

@@ -7,8 +7,8 @@ export therefore never leaves a half-written artifact where a finished one is ex
 
 Writers use the ecosystem's own exporters: `model.save` (.keras, legacy .h5), Keras
 `ExportArchive` (SavedModel with a raw-pixel `serving_default` and an image-bytes signature),
-`tf.lite.TFLiteConverter` (float32, float16, dynamic-range and full-integer variants), and LiteRT's
-`flatbuffer_utils` to embed the class names in each `.tflite` file.
+`tf.lite.TFLiteConverter` (float32, float16, dynamic-range and full-integer variants), LiteRT's
+`flatbuffer_utils` to embed the class names in each `.tflite` file, and optionally tf2onnx (ONNX).
 
 Float artifacts must agree with the model on every test image (|delta p| <= 1e-4) or the export
 fails. Quantized TFLite variants must agree on >= 99.5 % with <= 0.5 point accuracy drop; one
@@ -38,9 +38,9 @@ from kerascnn import __version__
 from kerascnn.config import ExportConfig
 from kerascnn.data.datasets import ImageData
 from kerascnn.data.decode import decode_encoded_image
-from kerascnn.errors import DataError, ExportError
+from kerascnn.errors import ConfigError, DataError, ExportError
 from kerascnn.evaluation import predict_split
-from kerascnn.predict import TFLITE_METADATA_NAME, Predictor
+from kerascnn.predict import ARTIFACT_METADATA_KEY, Predictor
 
 FLOAT_TOLERANCE = 1e-4
 QUANTIZED_MIN_AGREEMENT = 0.995
@@ -118,20 +118,24 @@ def write_saved_model(model: keras.Model, path: Path, context: ExportContext) ->
     archive.write_out(str(path), verbose=False)
 
 
+def artifact_metadata(context: ExportContext, variant: str) -> str:
+    """JSON that single-file artifacts carry so they name their classes without labels.txt."""
+    return json.dumps({"class_names": context.class_names, "input_shape": list(context.data.input_shape),
+                       "variant": variant, "kerascnn_version": __version__})
+
+
 def embed_metadata(flatbuffer: bytes, context: ExportContext, variant: str) -> bytes:
-    """The flatbuffer with class names, input shape and variant in its `metadata` table (LiteRT's
-    flatbuffer_utils), so a lone .tflite file still names its classes; read by `kerascnn.load`."""
+    """The flatbuffer with `artifact_metadata` in its `metadata` table (LiteRT's flatbuffer_utils);
+    read back by `kerascnn.load`."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
     tflite_model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
-    payload = json.dumps({"class_names": context.class_names, "input_shape": list(context.data.input_shape),
-                          "variant": variant, "kerascnn_version": __version__})
     buffer = schema.BufferT()
-    buffer.data = np.frombuffer(payload.encode("utf-8"), np.uint8)
+    buffer.data = np.frombuffer(artifact_metadata(context, variant).encode("utf-8"), np.uint8)
     tflite_model.buffers.append(buffer)
     entry = schema.MetadataT()
-    entry.name = TFLITE_METADATA_NAME
+    entry.name = ARTIFACT_METADATA_KEY
     entry.buffer = len(tflite_model.buffers) - 1
     tflite_model.metadata = [*(tflite_model.metadata or []), entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(tflite_model))
@@ -164,6 +168,21 @@ def _full_integer(converter, context) -> None:
     converter.inference_input_type = converter.inference_output_type = tf.as_dtype(context.config.int8_io)
 
 
+ONNX_OPSET = 17
+
+
+def write_onnx(model: keras.Model, path: Path, context: ExportContext) -> None:
+    """An ONNX model (tf2onnx over the model's call) with `artifact_metadata` in its metadata_props."""
+    import onnx
+    import tf2onnx
+
+    spec = (tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="images"),)
+    function = tf.function(lambda images: {"probabilities": model(images, training=False)}, input_signature=spec)
+    onnx_model, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=ONNX_OPSET)
+    onnx.helper.set_model_props(onnx_model, {ARTIFACT_METADATA_KEY: artifact_metadata(context, "float32")})
+    onnx.save(onnx_model, str(path))
+
+
 @dataclasses.dataclass(frozen=True)
 class ArtifactSpec:
     """How one artifact is written and judged: `exact` ones must match the model, others are quantized."""
@@ -176,6 +195,7 @@ FORMAT_FILES: dict[str, dict[str, ArtifactSpec]] = {
     "keras": {"model.keras": ArtifactSpec(write_keras, True)},
     "h5": {"model.h5": ArtifactSpec(write_h5, True)},
     "saved_model": {SAVED_MODEL_DIR: ArtifactSpec(write_saved_model, True)},
+    "onnx": {"model.onnx": ArtifactSpec(write_onnx, True)},
 }
 TFLITE_FILES: dict[str, tuple[str, ArtifactSpec]] = {
     "float32": (FLOAT32_TFLITE, ArtifactSpec(tflite_writer("float32", lambda converter, context: None), True)),
@@ -286,6 +306,12 @@ def publish_version(source: Path, serving_root: Path) -> Path:
 
 
 def _check_inputs(planned: dict, data: ImageData, config: ExportConfig) -> None:
+    if "model.onnx" in planned:
+        import importlib.util
+
+        if not all(importlib.util.find_spec(name) for name in ("tf2onnx", "onnxruntime")):
+            raise ConfigError("export.formats includes onnx, which needs tf2onnx and onnxruntime: "
+                              "pip install 'kerascnn[onnx]', or drop onnx from export.formats")
     if "model_int8.tflite" in planned and not data.counts.get("train"):
         raise DataError("export.tflite includes int8, which calibrates on training images, but the data has no "
                         "training images; load the run's dataset or drop int8 from export.tflite")

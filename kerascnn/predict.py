@@ -1,9 +1,10 @@
-"""One Predictor over any artifact: `.keras`, `.h5`, a SavedModel directory, or `.tflite`.
+"""One Predictor over any artifact: `.keras`, `.h5`, a SavedModel directory, `.tflite` or `.onnx`.
 
 All artifacts share the contract "raw pixels in (0..255, NHWC), probabilities out", so a
 Predictor only has to turn file paths, PIL images or arrays into such pixels and run the
-artifact's own runtime: Keras (with safe_mode), the SavedModel `serving_default` signature, or
-LiteRT's interpreter (`ai_edge_litert`, which replaces the deprecated tf.lite.Interpreter).
+artifact's own runtime: Keras (with safe_mode), the SavedModel `serving_default` signature,
+LiteRT's interpreter (`ai_edge_litert`, which replaces the deprecated tf.lite.Interpreter), or
+onnxruntime.
 
 Example:
     predictor = load("saved_models/digits-cnn/model.tflite")
@@ -24,7 +25,7 @@ from kerascnn.errors import ConfigError, ModelLoadError
 
 LABELS_FILE = "labels.txt"
 MANIFEST_FILE = "manifest.json"
-TFLITE_METADATA_NAME = "kerascnn"  # name of the metadata entry export embeds in .tflite files
+ARTIFACT_METADATA_KEY = "kerascnn"  # metadata entry (JSON) that export embeds in .tflite and .onnx files
 
 
 class KerasRuntime:
@@ -92,6 +93,7 @@ class TFLiteRuntime:
         self._set_tensor, self._invoke = self.interpreter.set_tensor, self.interpreter.invoke
         self._get_tensor = self.interpreter.get_tensor
         self.batch_size = None
+        self.metadata = tflite_metadata(path)
 
     def _resize(self, batch_size: int) -> None:
         self.interpreter.resize_tensor_input(self.input_index, [batch_size, *self.input_shape])
@@ -119,6 +121,28 @@ class TFLiteRuntime:
         return output * np.float32(self.output_scale)  # integer array * float32 scalar -> float32
 
 
+class OnnxRuntime:
+    """A `.onnx` model run by onnxruntime on CPU (needs `pip install kerascnn[onnx]`)."""
+
+    def __init__(self, path: Path):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ModelLoadError(f"{str(path)!r} is an ONNX model, which needs onnxruntime: "
+                                 f"pip install 'kerascnn[onnx]'") from None
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf exceptions
+            raise ModelLoadError(f"cannot load {str(path)!r} as an ONNX model ({type(exc).__name__})") from None
+        model_input, = self.session.get_inputs()
+        self.input_name, self.input_shape = model_input.name, tuple(int(s) for s in model_input.shape[1:])
+        embedded = self.session.get_modelmeta().custom_metadata_map.get(ARTIFACT_METADATA_KEY)
+        self.metadata = json.loads(embedded) if embedded else {}
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: images})[0]
+
+
 def runtime_for(path: Path, unsafe: bool = False):
     """The runtime that can run the artifact at `path`, chosen by its file type."""
     if path.is_dir():
@@ -136,8 +160,10 @@ def runtime_for(path: Path, unsafe: bool = False):
         return KerasRuntime(path, unsafe)
     if suffix == ".tflite":
         return TFLiteRuntime(path)
-    raise ModelLoadError(f"{str(path)!r} is not a model kerascnn can load; use a .keras, .h5 or .tflite file "
-                         f"or a SavedModel folder")
+    if suffix == ".onnx":
+        return OnnxRuntime(path)
+    raise ModelLoadError(f"{str(path)!r} is not a model kerascnn can load; use a .keras, .h5, .tflite or .onnx "
+                         f"file or a SavedModel folder")
 
 
 def tflite_metadata(path: Path) -> dict:
@@ -148,7 +174,7 @@ def tflite_metadata(path: Path) -> dict:
         model = schema.Model.GetRootAs(path.read_bytes(), 0)
         for i in range(model.MetadataLength()):
             entry = model.Metadata(i)
-            if entry.Name() == TFLITE_METADATA_NAME.encode():
+            if entry.Name() == ARTIFACT_METADATA_KEY.encode():
                 return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
     except (ValueError, IndexError, AttributeError):  # a flatbuffer from elsewhere with odd metadata
         pass
@@ -156,12 +182,8 @@ def tflite_metadata(path: Path) -> dict:
 
 
 def find_class_names(path: Path, num_classes: int) -> list[str]:
-    """Class names embedded in a .tflite file, else from labels.txt or manifest.json beside the artifact
-    (or up to three folders up), else "0", "1", ..."""
-    if path.suffix.lower() == ".tflite":
-        names = tflite_metadata(path).get("class_names", [])
-        if len(names) == num_classes:
-            return names
+    """Class names from labels.txt or manifest.json beside the artifact (or up to three folders up),
+    else "0", "1", ..."""
     for folder in [path.parent if path.is_file() else path, *list(path.parents)[:3]]:
         if (folder / LABELS_FILE).is_file():
             names = (folder / LABELS_FILE).read_text(encoding="utf-8").splitlines()
@@ -254,7 +276,7 @@ class Predictor:
     """Class probabilities and names from any kerascnn artifact, with one input contract.
 
     Args:
-        path: a `.keras`/`.h5` file, a SavedModel folder (or serving root) or a `.tflite` file.
+        path: a `.keras`/`.h5` file, a SavedModel folder (or serving root), a `.tflite` or `.onnx` file.
         unsafe: allow Keras files to run code they carry (Lambda layers, unknown objects). Default False.
     """
 
@@ -263,7 +285,9 @@ class Predictor:
         self.runtime = runtime_for(self.path, unsafe)
         self.input_shape = self.runtime.input_shape
         probe = self.runtime(np.zeros((1, *self.input_shape), np.float32))
-        self.class_names = find_class_names(self.path, probe.shape[-1])
+        num_classes = probe.shape[-1]
+        embedded = getattr(self.runtime, "metadata", {}).get("class_names", [])  # .tflite and .onnx carry them
+        self.class_names = embedded if len(embedded) == num_classes else find_class_names(self.path, num_classes)
 
     def predict_proba(self, images, batch_size: int = 256) -> np.ndarray:
         """Probabilities (N x classes) for paths, encoded bytes, PIL images or raw-pixel arrays."""

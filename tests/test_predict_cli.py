@@ -21,7 +21,7 @@ from kerascnn.runner import run
 
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ARTIFACTS = ["model.keras", "model.h5", "saved_model", "saved_model/1", "model.tflite", "model_float16.tflite",
-             "model_dynamic.tflite", "model_int8.tflite"]
+             "model_dynamic.tflite", "model_int8.tflite", "model.onnx"]
 
 
 def digit_pixels(index: int) -> np.ndarray:
@@ -37,6 +37,7 @@ def run_dir(tmp_path_factory):
     config = load_config(preset="digits", overrides=[
         "train.epochs=3", "train.verbose=0", "train.tensorboard=false", "model.options={filters=[8,16],dense=32}",
         'export.tflite=["float32","float16","dynamic","int8"]',
+        'export.formats=["keras","h5","saved_model","tflite","onnx"]',
         f"run.output='{tmp_path_factory.mktemp('runs')}'", "run.name='small'"])
     data = from_arrays(images, digits.target, class_names=CLASS_NAMES, config=config.data, name="digits")
     return run(config, data=data).run_dir
@@ -95,7 +96,7 @@ def test_load_takes_paths_bytes_pil_images_and_arrays_alike(run_dir, images):
 
 
 def test_tflite_file_alone_still_names_its_classes(run_dir, tmp_path):
-    for name in ("model.tflite", "model_int8.tflite"):
+    for name in ("model.tflite", "model_int8.tflite", "model.onnx"):
         shutil.copy(run_dir / name, tmp_path / name)
         assert load(tmp_path / name).class_names == CLASS_NAMES
 
@@ -111,7 +112,8 @@ def test_non_models_are_refused_with_model_load_error(run_dir, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "fake.tflite").write_bytes(b"not a flatbuffer")
     (tmp_path / "fake.keras").write_bytes(b"not a zip")
-    for path in ("notes.txt", "fake.tflite", "fake.keras", ".", "missing.tflite"):
+    (tmp_path / "fake.onnx").write_bytes(b"not a protobuf")
+    for path in ("notes.txt", "fake.tflite", "fake.keras", "fake.onnx", ".", "missing.tflite"):
         with pytest.raises(ModelLoadError):
             load(tmp_path / path)
 
@@ -135,7 +137,7 @@ def test_bad_input_is_one_line_and_exit_code_2(run_dir, images, tmp_path, capsys
 def test_bench_predict_times_every_artifact_against_raw_litert(run_dir, capsys):
     assert main(["bench", "predict", str(run_dir), "--json", "--repeats", "5", "--batch-size", "8"]) == 0
     results = json.loads(capsys.readouterr().out)
-    for name in ("model.keras", "model.h5", "saved_model/1", "model.tflite", "model_int8.tflite"):
+    for name in ("model.keras", "model.h5", "saved_model/1", "model.tflite", "model_int8.tflite", "model.onnx"):
         assert results[f"{name}.batch1_ms"] > 0 and results[f"{name}.throughput_img_s"] > 0
     for name in ("model.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite"):
         assert results[f"{name}.predictor_over_raw"] == pytest.approx(

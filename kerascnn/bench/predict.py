@@ -1,6 +1,6 @@
 """`kerascnn bench predict RUN`: prediction latency and throughput of every artifact of a run.
 
-For each artifact (`.keras`, `.h5`, the newest SavedModel version, each `.tflite` variant) it
+For each artifact (`.keras`, `.h5`, the newest SavedModel version, each `.tflite` variant, `.onnx`) it
 measures, through `kerascnn.load`, the median batch-1 latency and the throughput at a larger batch,
 on random raw pixels of the model's input shape (content does not change the work done). Each
 `.tflite` file is also run by the bare LiteRT interpreter (set_tensor / invoke / get_tensor on
@@ -36,8 +36,7 @@ def run_artifacts(run_dir: Path) -> list[Path]:
     versions = [p for p in (run_dir / SAVED_MODEL_DIR).glob("*") if p.name.isdigit()]
     if versions:
         found.append(max(versions, key=lambda p: int(p.name)))
-    found += sorted(run_dir.glob("*.tflite"))
-    return found
+    return found + sorted(run_dir.glob("*.tflite")) + sorted(run_dir.glob("*.onnx"))
 
 
 def median_seconds(call, repeats: int, warmup: int) -> float:
