@@ -122,7 +122,9 @@ def cmd_export(args) -> int:
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         manifest["artifacts"] = {**manifest.get("artifacts", {}), **artifacts}
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        staged = manifest_path.with_name(f".{manifest_path.name}.tmp")
+        staged.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        os.replace(staged, manifest_path)  # a killed export never leaves a truncated manifest
     print_artifacts(artifacts)
     return EXIT_OK
 

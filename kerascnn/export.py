@@ -73,7 +73,7 @@ class ExportContext:
         return tf.lite.TFLiteConverter.from_saved_model(self.plain_saved_model)
 
     def representative_dataset(self):
-        """Up to `calibration_images` training images, one a batch, for full-integer calibration."""
+        """The first `calibration_images` images of the (already shuffled) training split, one a batch."""
         for image, _ in self.data.train.take(self.config.calibration_images):
             yield [tf.expand_dims(image, 0)]
 
@@ -107,10 +107,13 @@ def write_saved_model(model: keras.Model, path: Path, context: ExportContext) ->
     def serving_default(images):
         return named_outputs(images)
 
+    def decode(contents):
+        return decode_encoded_image(contents, channels, (height, width))
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_bytes(image_bytes):
-        images = tf.map_fn(lambda contents: decode_encoded_image(contents, channels, (height, width)), image_bytes,
-                           fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
+        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec((height, width, channels),
+                                                                                  tf.float32))
         return named_outputs(images)
 
     archive.add_endpoint("serving_default", serving_default)
@@ -147,7 +150,14 @@ def tflite_writer(variant: str, quantize: Callable[[tf.lite.TFLiteConverter, Exp
     def write(model: keras.Model, path: Path, context: ExportContext) -> None:
         converter = context.tflite_converter()
         quantize(converter, context)
-        path.write_bytes(embed_metadata(converter.convert(), context, variant))
+        try:
+            flatbuffer = converter.convert()
+        except Exception as exc:  # the converter raises ConverterError or plain exceptions, e.g. an op without
+            # an int8 kernel when only TFLITE_BUILTINS_INT8 is allowed: never fall back to float silently
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ExportError(f"TFLite {variant} conversion failed: {first_line}; drop {variant!r} from "
+                              f"export.tflite; nothing was written") from None
+        path.write_bytes(embed_metadata(flatbuffer, context, variant))
 
     return write
 
@@ -177,8 +187,12 @@ def write_onnx(model: keras.Model, path: Path, context: ExportContext) -> None:
     import tf2onnx
 
     spec = (tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="images"),)
-    function = tf.function(lambda images: {"probabilities": model(images, training=False)}, input_signature=spec)
-    onnx_model, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=ONNX_OPSET)
+
+    @tf.function(input_signature=spec)
+    def probabilities(images):
+        return {"probabilities": model(images, training=False)}
+
+    onnx_model, _ = tf2onnx.convert.from_function(probabilities, input_signature=spec, opset=ONNX_OPSET)
     onnx.helper.set_model_props(onnx_model, {ARTIFACT_METADATA_KEY: artifact_metadata(context, "float32")})
     onnx.save(onnx_model, str(path))
 

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from kerascnn.errors import ConfigError, ModelLoadError
+from kerascnn.errors import ConfigError, DataError, ModelLoadError
 
 LABELS_FILE = "labels.txt"
 MANIFEST_FILE = "manifest.json"
@@ -207,10 +207,14 @@ def _decoder(channels: int, image_size: tuple[int, int]):
 
     from kerascnn.data.decode import decode_encoded_image, fit_image
 
-    decode = tf.function(lambda contents: decode_encoded_image(contents, channels, image_size),
-                         input_signature=[tf.TensorSpec([], tf.string)])
-    fit = tf.function(lambda image: fit_image(image, channels, image_size),
-                      input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+    def decode(contents):
+        return decode_encoded_image(contents, channels, image_size)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
+    def fit(image):
+        return fit_image(image, channels, image_size)
+
     return decode, fit
 
 
@@ -231,8 +235,6 @@ def _encoded_to_pixels(item, input_shape: tuple[int, int, int]) -> np.ndarray:
     """A file path or encoded bytes (PNG/JPEG/BMP/GIF), decoded as training and serving decode them."""
     import tensorflow as tf
 
-    from kerascnn.errors import DataError
-
     what = "image bytes" if isinstance(item, bytes) else f"image {str(item)!r}"
     try:
         contents = item if isinstance(item, bytes) else Path(item).read_bytes()
@@ -252,9 +254,9 @@ def to_pixels(images, input_shape: tuple[int, int, int]) -> np.ndarray:
     the folder loader and the SavedModel's `serving_bytes` signature do (`kerascnn.data.decode`).
     Arrays must already have the model's height, width and channels; float32 arrays are not copied.
     """
-    from kerascnn.errors import DataError
-
     if isinstance(images, np.ndarray):
+        if images.dtype == np.float32 and images.shape[1:] == input_shape:  # a ready batch: the fast path
+            return images
         input_shape = tuple(input_shape)
         batch = images[None] if images.ndim == 2 or images.shape == input_shape else images
         if batch.ndim == 3 and input_shape[-1] == 1:  # gray images without their channel axis
