@@ -213,6 +213,8 @@ class ExportConfig:
         for variant in self.tflite:
             _check(variant in TFLITE_VARIANTS, f"export.tflite: unknown variant {variant!r}"
                    f"{_suggest(variant, TFLITE_VARIANTS)}; choose from {', '.join(TFLITE_VARIANTS)}")
+        _check(bool(self.tflite) or "tflite" not in self.formats,
+               "export.tflite is empty; list at least one variant or drop tflite from export.formats")
         _check(self.int8_io in INT8_IO_TYPES, f"export.int8_io must be one of {', '.join(INT8_IO_TYPES)}, "
                f"got {self.int8_io!r}")
         _check(self.calibration_images > 0,
