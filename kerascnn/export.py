@@ -119,6 +119,10 @@ def write_saved_model(model: keras.Model, path: Path, context: ExportContext) ->
     archive.add_endpoint("serving_default", serving_default)
     archive.add_endpoint(BYTES_SIGNATURE, serving_bytes)
     archive.write_out(str(path), verbose=False)
+    # assets.extra/ is SavedModel's place for files the loader ignores: a version copied alone to a
+    # server still names its classes for `kerascnn.load`.
+    (path / "assets.extra").mkdir(exist_ok=True)
+    (path / "assets.extra" / "labels.txt").write_text("\n".join(context.class_names) + "\n", encoding="utf-8")
 
 
 def artifact_metadata(context: ExportContext, variant: str) -> str:

@@ -62,6 +62,8 @@ class SavedModelRuntime:
         self._loaded = loaded  # keeps the variables the signature captures alive
         (self.input_name, spec), = self.signature.structured_input_signature[1].items()
         self.input_shape = tuple(spec.shape[1:])
+        labels = path / "assets.extra" / LABELS_FILE  # written there by kerascnn's export
+        self.metadata = {"class_names": labels.read_text(encoding="utf-8").splitlines()} if labels.is_file() else {}
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -288,7 +290,7 @@ class Predictor:
         self.input_shape = self.runtime.input_shape
         probe = self.runtime(np.zeros((1, *self.input_shape), np.float32))
         num_classes = probe.shape[-1]
-        embedded = getattr(self.runtime, "metadata", {}).get("class_names", [])  # .tflite and .onnx carry them
+        embedded = getattr(self.runtime, "metadata", {}).get("class_names", [])  # carried by the artifact itself
         self.class_names = embedded if len(embedded) == num_classes else find_class_names(self.path, num_classes)
 
     def predict_proba(self, images, batch_size: int = 256) -> np.ndarray:

@@ -95,10 +95,12 @@ def test_load_takes_paths_bytes_pil_images_and_arrays_alike(run_dir, images):
     assert predictor.predict(path, top_k=2)[0][0][0] in CLASS_NAMES
 
 
-def test_tflite_file_alone_still_names_its_classes(run_dir, tmp_path):
+def test_an_artifact_copied_alone_still_names_its_classes(run_dir, tmp_path):
     for name in ("model.tflite", "model_int8.tflite", "model.onnx"):
         shutil.copy(run_dir / name, tmp_path / name)
         assert load(tmp_path / name).class_names == CLASS_NAMES
+    shutil.copytree(run_dir / "saved_model" / "1", tmp_path / "serving" / "7")
+    assert load(tmp_path / "serving").class_names == CLASS_NAMES
 
 
 def test_arrays_of_the_wrong_size_or_channels_are_refused(run_dir):
