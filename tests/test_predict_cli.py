@@ -144,3 +144,18 @@ def test_bench_predict_times_every_artifact_against_raw_litert(run_dir, capsys):
     for name in ("model.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite"):
         assert results[f"{name}.predictor_over_raw"] == pytest.approx(
             results[f"{name}.batch1_ms"] / results[f"{name}.raw_litert_batch1_ms"], rel=1e-2)
+
+
+def test_training_folders_and_predict_decode_gray_bmp_gif_png_alike(tmp_path):
+    from kerascnn.data.folder import file_dataset
+    from kerascnn.predict import to_pixels
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, suffix in enumerate(["bmp", "gif", "png", "bmp"]):
+        image = Image.fromarray(rng.integers(0, 256, (12, 10), dtype=np.uint8))
+        image = image.convert("RGB") if i == 3 else image
+        paths.append(str(tmp_path / f"{i}.{suffix}"))
+        image.save(paths[-1])
+    loaded = np.stack([x for x, _ in file_dataset(paths, [0] * 4, 1, (8, 8)).as_numpy_iterator()])
+    np.testing.assert_array_equal(loaded, to_pixels(paths, (8, 8, 1)))
