@@ -109,12 +109,19 @@ def cmd_train(args) -> int:
 
 
 def print_artifacts(artifacts: dict) -> None:
-    """The parity table: one line an artifact."""
-    print(f"{'artifact':<28}{'bytes':>12}{'accuracy':>10}{'top-1 agree':>13}{'max |dp|':>11}")
+    """The parity table, one line an artifact, then a WARNING line for each artifact that missed its bar."""
+    width = max([len("artifact"), *map(len, artifacts)]) + 2
+    print(f"{'artifact':<{width}}{'bytes':>12}{'vs tflite':>10}{'accuracy':>10}{'top-1 agree':>13}{'max |dp|':>11}"
+          f"  check")
     for name, entry in artifacts.items():
         parity = entry["parity"]
-        print(f"{name:<28}{entry['bytes']:>12}{parity['accuracy']:>10.4f}{parity['top1_agreement']:>13.4f}"
-              f"{parity['max_abs_diff']:>11.1e}")
+        relative = entry.get("size_vs_tflite_float32")
+        check = "ok" if parity.get("passed", True) else "FAILED"
+        print(f"{name:<{width}}{entry['bytes']:>12}{f'{relative:.2f}x' if relative else '-':>10}"
+              f"{parity['accuracy']:>10.4f}{parity['top1_agreement']:>13.4f}{parity['max_abs_diff']:>11.1e}  {check}")
+    for entry in artifacts.values():
+        if "warning" in entry["parity"]:
+            print(f"WARNING: {entry['parity']['warning']}")
 
 
 def _run_config(run_dir: Path, overrides: list[str] = (), values: dict | None = None):
@@ -159,6 +166,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from kerascnn.config import config_from_dict, merge, parse_override
     from kerascnn.data.datasets import load_data
     from kerascnn.export import export
     from kerascnn.predict import load
@@ -166,6 +174,12 @@ def cmd_export(args) -> int:
 
     run_dir = Path(args.run_dir)
     config = _run_config(run_dir)
+    settings = config.to_dict()
+    for text in args.set:
+        merge(settings, *parse_override(text))
+    if args.serving_root:
+        merge(settings, ["export", "serving_root"], args.serving_root)
+    config = config_from_dict(settings)
     model = load(run_dir / "model.keras").runtime.model
     artifacts = export(model, run_dir, load_data(config.data, seed=config.run.seed), config.export)
     manifest_path = run_dir / "manifest.json"
@@ -183,11 +197,18 @@ def cmd_predict(args) -> int:
     predictor = load(args.artifact, unsafe=args.unsafe)
     paths = image_paths(args.images)
     if not paths:
-        raise KerasCNNError("no images found in the given paths")
+        raise KerasCNNError("no images (.png, .jpg, .jpeg, .bmp, .gif) found in the given folders")
     rows = [{"image": str(path), "predictions": [{"class": c, "probability": round(p, 6)} for c, p in top]}
             for path, top in zip(paths, predictor.predict(paths, top_k=args.top_k))]
     if args.json:
         print(json.dumps(rows, indent=2))
+    elif args.csv:
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["image", "rank", "class", "probability"])
+        writer.writerows([row["image"], rank, p["class"], p["probability"]]
+                         for row in rows for rank, p in enumerate(row["predictions"], 1))
     else:
         for row in rows:
             print(row["image"] + "\t" + "\t".join(f"{p['class']}:{p['probability']:.4f}" for p in row["predictions"]))
@@ -298,11 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unsafe", action="store_true", help="allow code inside Keras model files to run")
     p = sub.add_parser("export", help="write and verify a run's artifacts again from model.keras")
     p.add_argument("run_dir")
+    p.add_argument("--serving-root", help="folder that gets the SavedModel as its next integer version "
+                                          "(default RUN_DIR/saved_model); older versions are kept")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override the run's config, e.g. --set 'export.tflite=[\"int8\"]' (repeatable)")
     p = sub.add_parser("predict", help="classify images with any artifact")
     p.add_argument("artifact")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--json", action="store_true", help="print JSON instead of tab-separated lines")
+    p.add_argument("--top-k", type=int, default=1, help="classes to show per image, most likely first (default 1)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON instead of tab-separated lines")
+    output.add_argument("--csv", action="store_true", help="print CSV: image,rank,class,probability")
     p.add_argument("--unsafe", action="store_true", help="allow code inside Keras model files to run")
     sub.add_parser("datasets", help="list the dataset sources")
     _add_augment_preview(sub)

@@ -326,8 +326,10 @@ class TrainConfig:
         _check(self.backup_every >= 0, f"train.backup_every must be >= 0 (0: no backups), got {self.backup_every}")
 
 
-EXPORT_FORMATS = ("keras", "h5", "saved_model", "tflite")
-TFLITE_VARIANTS = ("float32",)
+EXPORT_FORMATS = ("keras", "h5", "saved_model", "tflite", "onnx")
+DEFAULT_EXPORT_FORMATS = ("keras", "h5", "saved_model", "tflite")  # onnx needs the optional tf2onnx/onnxruntime
+TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
+INT8_IO_TYPES = ("uint8", "int8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,12 +337,23 @@ class ExportConfig:
     """Which artifacts are written and checked.
 
     Attributes:
-        formats: any of keras, h5, saved_model, tflite (default: all four).
-        tflite: TFLite variants to write when `tflite` is in formats (default ["float32"]).
+        formats: any of keras, h5, saved_model, tflite, onnx (default: all but onnx, which needs
+            `pip install kerascnn[onnx]`).
+        tflite: TFLite variants to write when `tflite` is in formats: float32 (`model.tflite`),
+            float16 (float16 weights), dynamic (int8 weights, float activations), int8 (full integer)
+            (default ["float32", "int8"]).
+        int8_io: input/output type of the full-integer model, uint8 or int8 (default uint8: raw pixels
+            0..255 map onto it exactly).
+        calibration_images: training images the int8 converter calibrates activation ranges on (default 256).
+        serving_root: folder that receives the SavedModel as its next integer version, TF-Serving style;
+            older versions are never touched (default: `saved_model/` inside the run directory).
     """
 
-    formats: tuple[str, ...] = EXPORT_FORMATS
-    tflite: tuple[str, ...] = ("float32",)
+    formats: tuple[str, ...] = DEFAULT_EXPORT_FORMATS
+    tflite: tuple[str, ...] = ("float32", "int8")
+    int8_io: str = "uint8"
+    calibration_images: int = 256
+    serving_root: str | None = None
 
     def __post_init__(self):
         for fmt in self.formats:
@@ -349,6 +362,14 @@ class ExportConfig:
         for variant in self.tflite:
             _check(variant in TFLITE_VARIANTS, f"export.tflite: unknown variant {variant!r}"
                    f"{_suggest(variant, TFLITE_VARIANTS)}; choose from {', '.join(TFLITE_VARIANTS)}")
+        _check(bool(self.tflite) or "tflite" not in self.formats,
+               "export.tflite is empty; list at least one variant or drop tflite from export.formats")
+        _check(self.int8_io in INT8_IO_TYPES, f"export.int8_io must be one of {', '.join(INT8_IO_TYPES)}, "
+               f"got {self.int8_io!r}")
+        _check(self.calibration_images > 0,
+               f"export.calibration_images must be positive, got {self.calibration_images}")
+        if self.serving_root is not None:
+            _check(self.serving_root.strip() != "", "export.serving_root must be a folder path, got ''")
 
 
 @dataclasses.dataclass(frozen=True)

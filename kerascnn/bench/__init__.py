@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-BENCH_MODULES = ("kerascnn.bench.augment", "kerascnn.bench.train", "kerascnn.bench.transfer")  # imported lazily by the CLI
+BENCH_MODULES = ("kerascnn.bench.augment", "kerascnn.bench.predict", "kerascnn.bench.train",
+                 "kerascnn.bench.transfer")  # imported lazily by the CLI
 
 
 @dataclasses.dataclass(frozen=True)

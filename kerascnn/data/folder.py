@@ -12,8 +12,8 @@ every remaining file is decoded in parallel (tf.data) by the decoder training us
 why, is kept on the `FolderScan` (the runner writes it to `skipped_files.csv`); `strict=True`
 makes any skipped file an error that lists them.
 
-Files are split stratified (scikit-learn, seeded) into train/validation/test and decoded on the fly,
-so the images never sit in memory all at once (unless `data.cache` keeps the decoded tensors after
+Files are split stratified (scikit-learn, seeded) into train/validation/test and decoded on the fly
+by `kerascnn.data.decode` (the decoding serving uses too), so the images never sit in memory all at once (unless `data.cache` keeps the decoded tensors after
 the first epoch).
 """
 
@@ -32,6 +32,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kerascnn.config import DataConfig
+from kerascnn.data.decode import decode_encoded_image
 from kerascnn.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -230,23 +231,8 @@ def _strict_message(root: Path, skipped: list[SkippedFile], empty_classes: list[
 
 
 def decode_image(path: tf.Tensor, channels: int, image_size: tuple[int, int]) -> tf.Tensor:
-    """Read and decode one file to float32 pixels (0..255) of `image_size` x `channels`.
-
-    Decoding at the image's own channels, then converting, works for every format: asking
-    `tf.io.decode_image` for 1 channel fails on BMP, GIF and CMYK JPEG. Alpha is dropped (as PIL's
-    convert("RGB") does), gray is repeated to RGB, RGB becomes gray with ITU-R 601 weights.
-    """
-    image = tf.cast(decode_native(tf.io.read_file(path)), tf.float32)
-    found = tf.shape(image)[-1]
-    image = image[..., : found - (1 - found % 2)]  # gray+alpha -> gray, RGBA -> RGB
-    if channels == 3:
-        image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image)
-    else:
-        image = tf.cond(tf.shape(image)[-1] == 3,
-                        lambda: tf.image.rgb_to_grayscale(tf.ensure_shape(image, [None, None, 3])),
-                        lambda: image)
-    image = tf.image.resize(tf.ensure_shape(image, [None, None, channels]), image_size)
-    return tf.ensure_shape(image, (*image_size, channels))
+    """Read and decode one file to float32 pixels (0..255) of `image_size` x `channels`."""
+    return decode_encoded_image(tf.io.read_file(path), channels, image_size)
 
 
 def file_dataset(paths, labels, channels: int, image_size: tuple[int, int]) -> tf.data.Dataset:

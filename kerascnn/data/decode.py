@@ -1,0 +1,40 @@
+"""The one way kerascnn turns an encoded image into model pixels, shared by training and serving.
+
+The folder loader (training), `Predictor` (file paths and PIL images) and the SavedModel's
+image-bytes signature all call these functions, so an image gives the same pixels, and hence the
+same prediction, whichever way it reaches the model.
+
+Why not `tf.io.decode_image(channels=C)` alone: it refuses `channels=1` for BMP and GIF, and for
+JPEG it converts color to gray inside libjpeg, differently from the other formats. So images are
+decoded with their own channels, alpha is dropped, and gray <-> RGB conversion is done here, then
+resized bilinearly with `tf.image.resize`.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def fit_image(image: tf.Tensor, channels: int, image_size: tuple[int, int]) -> tf.Tensor:
+    """An H x W x (1..4) image (gray, gray+alpha, RGB, RGBA) as float32 pixels of `image_size` x `channels`.
+
+    Alpha is dropped (as PIL's `convert("RGB")` does); gray becomes RGB by repetition and RGB becomes
+    gray with `tf.image.rgb_to_grayscale` (ITU-R 601 weights).
+    """
+    image = tf.cast(image, tf.float32)
+    found = tf.shape(image)[-1]
+    image = image[..., : found - (1 - found % 2)]  # 2 -> 1 (gray), 4 -> 3 (RGB); 1 and 3 unchanged
+    if channels == 3:
+        image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image)
+    else:
+        image = tf.cond(tf.shape(image)[-1] == 3,
+                        lambda: tf.image.rgb_to_grayscale(tf.ensure_shape(image, [None, None, 3])),
+                        lambda: image)
+    image = tf.image.resize(tf.ensure_shape(image, [None, None, channels]), image_size)
+    return tf.ensure_shape(image, (*image_size, channels))
+
+
+def decode_encoded_image(contents: tf.Tensor, channels: int, image_size: tuple[int, int]) -> tf.Tensor:
+    """PNG/JPEG/BMP/GIF bytes (first frame of a GIF) as float32 pixels (0..255) of `image_size` x `channels`."""
+    image = tf.io.decode_image(contents, channels=0, expand_animations=False, dtype=tf.uint8)
+    return fit_image(image, channels, image_size)
