@@ -205,7 +205,7 @@ class ModelConfig:
     Attributes:
         name: a builder from `kerascnn.list_models()` (default `cnn`); unused when `backbone` is set.
         options: keyword arguments of that builder, e.g. `{filters = [32, 64], dropout = 0.3}`; with a
-            backbone: the head's `dropout` and `size` and the backbone constructor's own (e.g. `alpha`).
+            backbone: the head's `dropout`, `pooling` and `size`, and the backbone constructor's own (e.g. `alpha`).
         backbone: a name from `kerascnn backbones`; builds a transfer model (default: none).
         transfer: feature_extraction | truncate | fine_tune | from_scratch (default feature_extraction).
         weights: imagenet | none | path of a weights file or of a kerascnn run's model.keras
