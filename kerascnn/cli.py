@@ -301,6 +301,13 @@ def _add_bench(sub) -> None:
         bench.add_arguments(q)
 
 
+def cmd_config_reference(args) -> int:
+    from kerascnn.config import config_reference
+
+    print(config_reference())
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kerascnn", description="Train, evaluate and export CNN image classifiers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow logs")
@@ -332,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--csv", action="store_true", help="print CSV: image,rank,class,probability")
     p.add_argument("--unsafe", action="store_true", help="allow code inside Keras model files to run")
     sub.add_parser("datasets", help="list the dataset sources")
+    sub.add_parser("config-reference", help="print every config key with its default and meaning (Markdown)")
     _add_augment_preview(sub)
     p = sub.add_parser("backbones", help="list the pre-trained backbones for --backbone")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects (name, default_size, min_size, ...)")
@@ -340,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
-            "datasets": cmd_datasets, "augment-preview": cmd_augment_preview, "backbones": cmd_backbones,
+            "datasets": cmd_datasets, "config-reference": cmd_config_reference, "augment-preview": cmd_augment_preview, "backbones": cmd_backbones,
             "bench": cmd_bench}
 
 

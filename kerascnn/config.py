@@ -572,3 +572,41 @@ def load_config(config_file: str | Path | None = None, preset: str | None = None
     for text in overrides:
         merge(merged, *parse_override(text))
     return config_from_dict(merged)
+
+
+def _attribute_docs(cls) -> dict[str, str]:
+    """Field name -> description, read from the `Attributes:` section of a dataclass docstring."""
+    docs, name = {}, None
+    lines = (cls.__doc__ or "").split("Attributes:", 1)[-1].splitlines()
+    for line in lines:
+        stripped = line.strip()
+        head, sep, rest = stripped.partition(":")
+        if sep and head in {f.name for f in dataclasses.fields(cls)}:
+            name = head
+            docs[name] = rest.strip()
+        elif name and stripped:
+            docs[name] += " " + stripped
+    return docs
+
+
+def config_reference() -> str:
+    """Markdown reference of every config section and key (default and meaning), from the dataclasses.
+
+    docs/config.md is this text; a test keeps the two equal, so the reference cannot drift.
+    """
+    out = ["# Configuration reference", "",
+           "Generated from the dataclasses in `kerascnn/config.py` by `kerascnn config-reference`.",
+           "A run config is TOML; each section below is a table, its keys are the field names.", ""]
+    defaults = RunConfig()
+    for section in dataclasses.fields(RunConfig):
+        cls = typing.get_type_hints(RunConfig)[section.name]
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        out += [f"## [{section.name}]", "", summary, "", "| key | default | meaning |", "|---|---|---|"]
+        docs = _attribute_docs(cls)
+        for field in dataclasses.fields(cls):
+            value = getattr(getattr(defaults, section.name), field.name)
+            shown = "(none)" if value is None else tomli_w.dumps({"v": _drop_none(value)})[4:].strip()
+            meaning = docs.get(field.name, "").replace("|", "\\|")
+            out.append(f"| `{field.name}` | `{shown}` | {meaning} |")
+        out.append("")
+    return "\n".join(out)

@@ -81,3 +81,15 @@ def test_override_values_are_toml_literals_or_strings():
     assert parse_override("run.name=none") == (["run", "name"], None)
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_override("epochs")
+
+
+def test_docs_config_reference_is_current_and_documents_every_key():
+    from pathlib import Path
+
+    from kerascnn.config import config_reference
+
+    text = config_reference()
+    assert (Path(__file__).parent.parent / "docs" / "config.md").read_text() == text + "\n", (
+        "docs/config.md is stale: run `kerascnn config-reference > docs/config.md`")
+    undocumented = [line for line in text.splitlines() if line.startswith("| `") and line.endswith("|  |")]
+    assert not undocumented
