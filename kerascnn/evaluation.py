@@ -258,7 +258,10 @@ class LayerTrace:
     def model(self, *tensors):
         import keras
 
-        return keras.Model(self.inputs, tensors[0] if len(tensors) == 1 else list(tensors))
+        try:
+            return keras.Model(self.inputs, tensors[0] if len(tensors) == 1 else list(tensors))
+        except ValueError as exc:  # e.g. a nested backbone whose input name repeats the model's
+            raise NotApplicable(f"its inner layers cannot be made into a model ({str(exc).splitlines()[0]})") from None
 
 
 def trace_layers(model, input_shape: tuple[int, ...]) -> LayerTrace:
@@ -301,6 +304,9 @@ def embeddings(model, images: np.ndarray, batch_size: int = 256) -> tuple[np.nda
     extractor = trace.model(trace.features)
     features = np.concatenate([np.asarray(extractor(images[i:i + batch_size], training=False))
                                for i in range(0, len(images), batch_size)])
+    if len(features) != len(images):
+        raise NotApplicable(f"layer {trace.features_name!r} sees {len(features)} rows for {len(images)} images "
+                            f"(test-time augmentation inside the model), so it is no per-image embedding")
     return features.reshape(len(features), -1), trace.features_name
 
 
@@ -350,6 +356,9 @@ def gradcam(model, images: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarra
     grad_model = trace.model(feature_map, trace.steps[-1][2])
     with _logits(trace.output_layer), tf.GradientTape() as tape:
         maps, scores = grad_model(tf.constant(images, tf.float32), training=False)
+        if maps.shape[0] != len(images) or scores.shape[0] != len(images):
+            raise NotApplicable(f"layer {name!r} sees a batch of {maps.shape[0]} for {len(images)} images "
+                                f"(test-time augmentation inside the model)")
         class_scores = tf.gather(scores, tf.constant(class_ids, tf.int32), batch_dims=1)
     gradients = tape.gradient(class_scores, maps)
     if gradients is None:
