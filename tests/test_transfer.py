@@ -216,7 +216,8 @@ def test_every_strategy_exports_with_float_parity(transfer, tiny_data, cnn_run_m
     if transfer == "truncate":
         model["cut_at"] = "pool_0"
     config = config_from_dict({"run": {"output": str(tmp_path), "name": transfer}, "model": model,
-                               "train": {"epochs": 2, "batch_size": 16, "verbose": 0, "tensorboard": False}})
+                               "train": {"epochs": 2, "batch_size": 16, "verbose": 0, "tensorboard": False},
+                               "export": {"tflite": ["float32"]}})
     result = run(config, tiny_data)
     assert set(result.manifest["artifacts"]) == {"model.keras", "model.h5", "saved_model/1", "model.tflite"}
     for entry in result.manifest["artifacts"].values():
@@ -229,7 +230,8 @@ def test_fine_tune_run_trains_two_phases_in_one_history_and_exports_with_float_p
     config = load_config(values={"run.output": str(tmp_path), "run.name": "mnv2", "model.backbone": "mobilenet_v2",
                                  "model.weights": "none", "model.transfer": "fine_tune", "model.unfreeze": 20,
                                  "model.options": SMALL, "train.epochs": 3, "train.learning_rate": 0.01,
-                                 "train.batch_size": 16, "train.verbose": 0, "train.tensorboard": False})
+                                 "train.batch_size": 16, "train.verbose": 0, "train.tensorboard": False,
+                                 "export.tflite": ["float32"]})
     result = run(config, tiny_data)
     assert list(pd.read_csv(result.run_dir / "history.csv")["epoch"]) == [0, 1, 2]
     assert result.manifest["epochs_run"] == 3
