@@ -161,7 +161,7 @@ def test_mixed_precision_trains_in_float16_and_exports_float32(digits, tmp_path)
     config = RunConfig(run=RunSection(name="mixed", output=str(tmp_path)), data=DataConfig(dataset="digits"),
                        train=TrainConfig(epochs=1, strategy="default", mixed_precision=True, verbose=0,
                                          tensorboard=False),
-                       export=ExportConfig(formats=("keras", "tflite")))
+                       export=ExportConfig(formats=("keras", "tflite"), tflite=("float32",)))
     with distribute.precision(True):
         trained = small_cnn(digits)
     assert trained.dtype_policy.name == "mixed_float16"
@@ -201,7 +201,8 @@ def test_two_workers_train_one_digits_run_and_only_the_chief_writes(tmp_path):
     output = tmp_path / "out"
     command = [sys.executable, "-m", "kerascnn", "train", "--strategy", "multi_worker", "--epochs", "2",
                "--batch-size", "32", "--output", str(output), "--name", "together", "--set", "train.verbose=2",
-               "--set", "train.tensorboard=false", "--set", 'export.formats=["keras", "tflite"]']
+               "--set", "train.tensorboard=false", "--set", 'export.formats=["keras", "tflite"]',
+               "--set", 'export.tflite=["float32"]']
     processes, temp_dirs = [], []
     try:
         for index in range(2):
