@@ -228,35 +228,36 @@ def _local_replicas(strategy: tf.distribute.Strategy) -> int:
     return strategy.num_replicas_in_sync // max(1, workers)
 
 
-def _all_reduced(strategy: tf.distribute.Strategy, values: list, weight: float) -> list[tf.Tensor]:
-    """Sum over replicas of `weight * value` for each value (as float64), read back in cross-replica context."""
+def _replica_sum(strategy: tf.distribute.Strategy, variables: list, weight: float):
+    """A function returning, for each variable, the sum over all replicas of `weight * value` (float64)."""
 
     @tf.function
-    def reduce():
+    def replica_sum():
         def replica():
             context = tf.distribute.get_replica_context()
-            return context.all_reduce(tf.distribute.ReduceOp.SUM, [tf.cast(v, tf.float64) * weight for v in values])
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, [tf.cast(v, tf.float64) * weight for v in variables])
 
         return strategy.experimental_local_results(strategy.run(replica))[0]
 
-    return reduce()
+    return replica_sum
 
 
-def _numeric(variables) -> list:
-    return [v for v in variables if tf.as_dtype(v.dtype).is_floating or tf.as_dtype(v.dtype).is_integer]
+def _assign(variables: list, values) -> None:
+    for variable, value in zip(variables, values):
+        variable.assign(tf.cast(value, variable.dtype))
 
 
 def sync_from_chief(strategy: tf.distribute.Strategy, variables) -> None:
     """Give every replica the chief's values of `variables`: after a restore from backup only the chief
     has loaded state (its run directory holds the backup), and this makes the whole cluster agree."""
-    variables = _numeric(variables)
+    variables = [v for v in variables if tf.as_dtype(v.dtype).is_floating or tf.as_dtype(v.dtype).is_integer]
     weight = 1.0 / _local_replicas(strategy) if is_chief(strategy) else 0.0
-    for variable, value in zip(variables, _all_reduced(strategy, variables, weight)):
-        variable.assign(tf.cast(value, variable.dtype))
+    _assign(variables, _replica_sum(strategy, variables, weight)())
 
 
-def average_moving_statistics(strategy: tf.distribute.Strategy, model: keras.Model) -> None:
-    """Average non-trainable float variables (BatchNormalization's moving mean/variance) over replicas.
+def moving_statistics_averager(strategy: tf.distribute.Strategy, model: keras.Model):
+    """A function that averages non-trainable float variables (BatchNormalization's moving mean and
+    variance) over replicas.
 
     Keras 3 creates them with aggregation NONE, so each replica updates only its own copy from its
     own batches and the copies drift apart; averaging once an epoch keeps checkpoints and the
@@ -264,9 +265,9 @@ def average_moving_statistics(strategy: tf.distribute.Strategy, model: keras.Mod
     """
     variables = [v for v in model.non_trainable_variables if tf.as_dtype(v.dtype).is_floating]
     if not variables or strategy.num_replicas_in_sync == 1:
-        return
-    for variable, value in zip(variables, _all_reduced(strategy, variables, 1.0 / strategy.num_replicas_in_sync)):
-        variable.assign(tf.cast(value, variable.dtype))
+        return lambda: None
+    replica_sum = _replica_sum(strategy, variables, 1.0 / strategy.num_replicas_in_sync)
+    return lambda: _assign(variables, replica_sum())
 
 
 def fit_distributed(model: keras.Model, x, validation_data=None, epochs: int = 1, steps_per_epoch: int = 1,
@@ -305,6 +306,7 @@ def _fit_loop(model, strategy, x, validation_data, epochs, steps_per_epoch, call
     # BackupAndRestore (in on_train_begin) restored weights and `_initial_epoch` on the chief only.
     start = tf.Variable(model._initial_epoch or initial_epoch, dtype=tf.int64, trainable=False)
     sync_from_chief(strategy, [*model.variables, *model.optimizer.variables, start])
+    average_moving_statistics = moving_statistics_averager(strategy, model)
     iterator = iter(x)
     logs: dict = {}
     for epoch in range(int(start.numpy()), epochs):
@@ -317,7 +319,7 @@ def _fit_loop(model, strategy, x, validation_data, epochs, steps_per_epoch, call
             if model.stop_training:
                 break
         logs = _float_logs(model.get_metrics_result())
-        average_moving_statistics(strategy, model)
+        average_moving_statistics()
         if validation_data is not None:
             model.reset_metrics()
             for batch in validation_data:

@@ -30,9 +30,15 @@ def test_resnet_small_is_registered_and_returns_probabilities(images):
     assert sum(isinstance(layer, keras.layers.Add) for layer in model.layers) == 2
 
 
+@pytest.mark.parametrize("stem_stride, sizes", [(1, [(14, 14), (7, 7)]), (2, [(14, 14), (7, 7)])])
+def test_each_stage_halves_the_resolution(stem_stride, sizes):
+    model = build_model("resnet_small", (28, 28, 1), 10, stem_stride=stem_stride, **TINY)
+    assert [model.get_layer(f"stage{i}_widen_conv").output.shape[1:3] for i in range(2)] == sizes
+
+
 def test_stages_stop_pooling_on_tiny_images():
     model = build_model("resnet_small", (4, 4, 3), 3, stem=4, widths=[8, 8, 8], blocks=[0, 0, 0])
-    assert model.get_layer("stage1_widen_conv").output.shape[1:3] == (1, 1)
+    assert model.get_layer("stage2_widen_conv").output.shape[1:3] == (1, 1)
     assert model(np.zeros((2, 4, 4, 3), "float32")).shape == (2, 3)
 
 
@@ -60,6 +66,7 @@ def test_training_only_augmentation_is_inactive_at_inference(images):
 @pytest.mark.parametrize("options, message", [
     ({"blocks": [1]}, "blocks must give a count"),
     ({"widths": []}, "positive stem and widths"),
+    ({"stem_stride": 3}, "stem_stride must be 1 or 2"),
     ({"dropout": 1.5}, "dropout must be in"),
     ({"bn_momentum": 1.0}, "bn_momentum must be in"),
     ({"random_shift": 0.7}, "random_shift must be a fraction"),

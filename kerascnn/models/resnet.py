@@ -60,16 +60,18 @@ class FlipAverage(layers.Layer):
         return input_shape
 
 
-def _conv_bn_relu(x, filters: int, momentum: float, name: str):
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
+def _conv_bn_relu(x, filters: int, momentum: float, name: str, strides: int = 1):
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, kernel_initializer="he_normal",
                       name=f"{name}_conv")(x)
     x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _check_options(stem, widths, blocks, dropout, bn_momentum, random_shift) -> None:
+def _check_options(stem, stem_stride, widths, blocks, dropout, bn_momentum, random_shift) -> None:
     if stem <= 0 or not widths or any(w <= 0 for w in widths):
         raise ConfigError(f"resnet_small needs positive stem and widths, got stem={stem}, widths={list(widths)}")
+    if stem_stride not in (1, 2):
+        raise ConfigError(f"model option stem_stride must be 1 or 2, got {stem_stride}")
     if len(blocks) != len(widths) or any(b < 0 for b in blocks):
         raise ConfigError(f"resnet_small blocks must give a count >= 0 for each of the {len(widths)} widths, "
                           f"got {list(blocks)}")
@@ -82,16 +84,19 @@ def _check_options(stem, widths, blocks, dropout, bn_momentum, random_shift) -> 
 
 
 @register_model("resnet_small")
-def resnet_small(input_shape, num_classes, stem=32, widths=(64, 128), blocks=(1, 1), dropout=0.0, bn_momentum=0.9,
-                 random_flip=False, random_shift=0.0, test_time_flip=False):
-    """Residual BatchNorm CNN: a full-resolution stem, then one stage per width at half the size of the last.
+def resnet_small(input_shape, num_classes, stem=32, stem_stride=1, widths=(64, 128), blocks=(1, 1), dropout=0.0,
+                 bn_momentum=0.9, random_flip=False, random_shift=0.0, test_time_flip=False):
+    """Residual BatchNorm CNN: a stem, then one stage per width, each at half the resolution of the last.
 
-    Each stage max-pools (while the map is at least 2 px), widens with a 3x3 conv-BN-ReLU and adds
-    `blocks` residual blocks of two 3x3 conv-BN-ReLU; global average pooling, dropout and a float32
-    softmax follow.
+    The stem is a 3x3 conv-BN-ReLU at full resolution (`stem_stride=1`) or strided (`stem_stride=2`,
+    cheaper: nothing else runs at full resolution). Each stage first halves the resolution with a
+    2x2 max-pool (while the map is at least 2 px; the first stage after a strided stem skips it),
+    widens with a 3x3 conv-BN-ReLU and adds `blocks` residual blocks of two 3x3 conv-BN-ReLU.
+    Global average pooling, dropout and a float32 softmax follow.
 
     Args:
-        stem: filters of the full-resolution 3x3 stem convolution (default 32).
+        stem: filters of the 3x3 stem convolution (default 32).
+        stem_stride: 1 (full-resolution stem) or 2 (strided stem) (default 1).
         widths: filters of each stage (default (64, 128)).
         blocks: residual blocks per stage (default (1, 1)).
         dropout: dropout rate before the classifier (default 0.0).
@@ -105,7 +110,7 @@ def resnet_small(input_shape, num_classes, stem=32, widths=(64, 128), blocks=(1,
         model = build_model("resnet_small", (28, 28, 1), 10, random_flip=True, test_time_flip=True)
     """
     widths, blocks = tuple(widths), tuple(blocks)
-    _check_options(stem, widths, blocks, dropout, bn_momentum, random_shift)
+    _check_options(stem, stem_stride, widths, blocks, dropout, bn_momentum, random_shift)
     images = keras.Input(input_shape, name="images")
     x = images
     if random_flip:
@@ -116,10 +121,12 @@ def resnet_small(input_shape, num_classes, stem=32, widths=(64, 128), blocks=(1,
     if test_time_flip:
         x = TestTimeFlip(name="test_time_flip")(x)
     x = layers.Rescaling(1.0 / 255, name="rescale")(x)
-    x = _conv_bn_relu(x, stem, bn_momentum, "stem")
     height, width = input_shape[:2]
+    x = _conv_bn_relu(x, stem, bn_momentum, "stem", strides=stem_stride)
     for stage, (filters, count) in enumerate(zip(widths, blocks)):
-        if height >= 2 and width >= 2:
+        if stage == 0 and stem_stride == 2:  # the strided stem already halved the resolution
+            height, width = -(-height // 2), -(-width // 2)
+        elif height >= 2 and width >= 2:
             x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
             height, width = height // 2, width // 2
         x = _conv_bn_relu(x, filters, bn_momentum, f"stage{stage}_widen")
