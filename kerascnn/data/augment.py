@@ -245,9 +245,6 @@ def make_augment(config: AugmentConfig, seed: int = 42,
     return augment
 
 
-PREVIEW_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
-
-
 def save_preview(images: np.ndarray, titles: list[str], augment: FastAugment | LegacyAugment, path,
                  variants: int = 6) -> None:
     """Save a grid (matplotlib): one row an image, the original first, then `variants` augmented versions."""
