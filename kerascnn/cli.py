@@ -251,12 +251,13 @@ def cmd_bench(args) -> int:
     return EXIT_OK
 
 
+PREVIEW_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
 def cmd_augment_preview(args) -> int:
     import dataclasses
 
     from kerascnn.config import load_config
-    from kerascnn.data.augment import PREVIEW_FORMATS, SEED_AUGMENTATION, make_augment, save_preview
-    from kerascnn.data.datasets import load_data
 
     out = Path(args.out)
     if out.suffix.lower() not in PREVIEW_FORMATS:
@@ -264,6 +265,10 @@ def cmd_augment_preview(args) -> int:
     if args.images < 1 or args.variants < 1:
         raise KerasCNNError("--images and --variants must be at least 1")
     config = load_config(args.config, args.preset, args.set, {"data.dataset": args.dataset} if args.dataset else None)
+
+    from kerascnn.data.augment import SEED_AUGMENTATION, make_augment, save_preview
+    from kerascnn.data.datasets import load_data
+
     augment_config = config.augment
     if not augment_config.enabled:
         augment_config = dataclasses.replace(SEED_AUGMENTATION, backend=augment_config.backend)

@@ -4,8 +4,13 @@ Both augment the same in-memory images, in the same order, with the seeds' param
 shifts 0.1, shear 10, zoom 0.1, horizontal flip, nearest fill) and batch size, and are consumed the
 way training consumes them: the legacy generator's `flow` batch by batch in Python, the fast path's
 tf.data pipeline (batch, parallel augment map, prefetch) inside a TensorFlow graph, as `model.fit`
-reads it. Passes alternate between the two and the best pass of each counts, so a burst of load from
-other jobs on a shared machine hits both alike.
+reads it.
+
+Timing on a machine shared with other jobs: the run is a series of rounds, each one legacy pass
+then one fast pass lasting about as long (the fast pipeline repeats the images as often as needed),
+so load from other jobs falls on both alike. Each rate is all images over all time of its passes,
+and `ratio` their quotient. The process CPU time per image is reported too: it shows the work each
+path does, which other jobs disturb far less than wall time.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", type=int, choices=sorted(SIZES), default=28,
                         help="image side: 28 (x1 channel), 96 or 224 (x3 channels) (default 28)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch for both (default 32)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes of each; the best counts (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of legacy then fast (default 5)")
     parser.add_argument("--images", type=int, help="number of generated images (default 8192, 2048, 512 by size)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0)")
 
@@ -40,18 +45,24 @@ def bench_images(size: int, count: int | None = None, seed: int = 0) -> tuple[np
     return images, rng.integers(0, NUM_CLASSES, count).astype(np.int32)
 
 
-def _images_per_second(run_pass) -> float:
-    """Images/s of one pass; `run_pass` returns how many images it produced."""
-    start = time.perf_counter()
+def _timed(run_pass) -> tuple[int, float, float]:
+    """(images, wall seconds, process CPU seconds) of one pass; `run_pass` returns its image count."""
+    wall, cpu = time.perf_counter(), time.process_time()
     count = run_pass()
-    return count / (time.perf_counter() - start)
+    return count, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _totals(passes) -> tuple[float, float]:
+    """(images/s, CPU microseconds per image) over all `passes`."""
+    images, wall, cpu = (sum(column) for column in zip(*passes))
+    return images / wall, cpu / images * 1e6
 
 
 @register_bench("augment", help="legacy ImageDataGenerator vs the fast augmentation path (images/s)",
                 add_arguments=add_arguments)
 def bench_augment(args) -> dict:
-    if (args.images is not None and args.images < 1) or args.batch_size < 1 or args.repeats < 1:
-        raise KerasCNNError("--images, --batch-size and --repeats must be at least 1")
+    if (args.images is not None and args.images < 1) or args.batch_size < 1 or args.rounds < 1:
+        raise KerasCNNError("--images, --batch-size and --rounds must be at least 1")
     import tensorflow as tf
 
     from kerascnn.data.augment import SEED_AUGMENTATION, FastAugment, LegacyAugment
@@ -59,29 +70,35 @@ def bench_augment(args) -> dict:
     images, labels = bench_images(args.size, args.images, args.seed)
     legacy_flow = LegacyAugment(SEED_AUGMENTATION, seed=args.seed).generator.flow(
         images, labels, batch_size=args.batch_size, shuffle=False, seed=args.seed)
-    fast_pipeline = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(args.batch_size)
-                     .map(FastAugment(SEED_AUGMENTATION, seed=args.seed), num_parallel_calls=tf.data.AUTOTUNE)
-                     .prefetch(tf.data.AUTOTUNE))
+    fast_augment = FastAugment(SEED_AUGMENTATION, seed=args.seed)
 
     def legacy_pass() -> int:
         return sum(len(legacy_flow[index][0]) for index in range(len(legacy_flow)))
 
-    count_images = tf.function(lambda: fast_pipeline.reduce(0, lambda n, batch: n + tf.shape(batch[0])[0]))
+    def fast_pass_over(repeats: int):
+        pipeline = (tf.data.Dataset.from_tensor_slices((images, labels)).repeat(repeats).batch(args.batch_size)
+                    .map(fast_augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+        count_images = tf.function(lambda: pipeline.reduce(0, lambda n, batch: n + tf.shape(batch[0])[0]))
+        return lambda: int(count_images())
 
-    def fast_pass() -> int:
-        return int(count_images())
-
-    legacy_pass(), fast_pass()  # warm-up: tracing, first allocations
-    legacy_rates, fast_rates = [], []
-    for _ in range(args.repeats):
-        legacy_rates.append(_images_per_second(legacy_pass))
-        fast_rates.append(_images_per_second(fast_pass))
-    legacy, fast = max(legacy_rates), max(fast_rates)
+    # Warm-up (tracing, first allocations), which also sizes the fast pass to last as long as a legacy one.
+    legacy_rate, _ = _totals([_timed(legacy_pass)])
+    fast_rate, _ = _totals([_timed(fast_pass_over(1))])
+    fast_pass = fast_pass_over(max(1, round(fast_rate / legacy_rate)))
+    fast_pass()
+    legacy_passes, fast_passes = [], []
+    for _ in range(args.rounds):
+        legacy_passes.append(_timed(legacy_pass))
+        fast_passes.append(_timed(fast_pass))
+    (legacy, legacy_cpu), (fast, fast_cpu) = _totals(legacy_passes), _totals(fast_passes)
     return {
         "image_shape": [args.size, args.size, SIZES[args.size][0]],
         "images": len(images),
         "batch_size": args.batch_size,
+        "rounds": args.rounds,
         "legacy_images_per_s": round(legacy, 1),
         "fast_images_per_s": round(fast, 1),
         "ratio": round(fast / legacy, 2),
+        "legacy_cpu_us_per_image": round(legacy_cpu, 1),
+        "fast_cpu_us_per_image": round(fast_cpu, 1),
     }

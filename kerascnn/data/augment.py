@@ -11,11 +11,13 @@
   (Keras 3 keeps it only under `keras.src.legacy`) reading the training split its own way: `flow`
   over in-memory arrays, `flow_from_dataframe` over an image folder's training files.
 
-Why OpenCV: measured on the 2-core dev machine, one `ImageProjectiveTransformV3` per float32 batch
-reached 3.6x the legacy generator at 224x224x3, while `cv2.warpAffine` (SIMD bilinear resampling)
-inside a parallel tf.data map clears 10x at 28x28 and at 224x224 (docs/benchmarks.md). tf.data runs
-batches in parallel, so OpenCV's own thread pool is set to one thread: its per-call threading costs
-more than it gains on images this small.
+Why OpenCV: measured inside the same tf.data pipeline on the 2-core dev machine (process CPU time
+per image, batch 32), `cv2.warpAffine` (SIMD bilinear resampling, one call an image) cost 11 us at
+28x28x1 and 540 us at 224x224x3, where one `ImageProjectiveTransformV3` per batch (matrices drawn
+with TF ops) cost 14 us and 1400 us, and the legacy generator 65 us and 4400 us. tf.data runs
+batches in parallel, so OpenCV's own thread pool is set to one thread: on images this small its
+per-call threading costs more than it gains. Figures of `kerascnn bench augment` are in
+docs/benchmarks.md.
 
 Differences from ImageDataGenerator, all deliberate:
 - `width_shift_range` shifts horizontally by a fraction of the width and rotations/zooms turn about
@@ -241,9 +243,6 @@ def make_augment(config: AugmentConfig, seed: int = 42,
     if data is not None:
         augment.check_source(data)
     return augment
-
-
-PREVIEW_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 
 
 def save_preview(images: np.ndarray, titles: list[str], augment: FastAugment | LegacyAugment, path,
