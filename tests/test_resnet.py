@@ -80,7 +80,8 @@ def test_bad_options_are_refused(options, message):
 def test_every_artifact_agrees_with_the_trained_model(tmp_path):
     options = {**TINY, "random_flip": True, "random_shift": 0.1, "test_time_flip": True}
     config = RunConfig(run=RunSection(name="resnet", output=str(tmp_path)), data=DataConfig(dataset="digits"),
-                       train=TrainConfig(epochs=1, verbose=0, tensorboard=False), export=ExportConfig())
+                       train=TrainConfig(epochs=1, verbose=0, tensorboard=False),
+                       export=ExportConfig(tflite=("float32",)))
     result = run(config.replace("model", name="resnet_small", options=options))
     artifacts = result.manifest["artifacts"]
     assert set(artifacts) == {"model.keras", "model.h5", "saved_model/1", "model.tflite"}
