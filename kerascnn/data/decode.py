@@ -34,7 +34,15 @@ def fit_image(image: tf.Tensor, channels: int, image_size: tuple[int, int]) -> t
     return tf.ensure_shape(image, (*image_size, channels))
 
 
+def decode_native(contents: tf.Tensor) -> tf.Tensor:
+    """Decode PNG/JPEG/BMP/GIF bytes (a GIF's first frame) at the image's own channels (1-4), uint8.
+
+    The one decoding step the folder scan, training and serving all run, so the scan's verdict holds
+    during training.
+    """
+    return tf.io.decode_image(contents, channels=0, expand_animations=False, dtype=tf.uint8)
+
+
 def decode_encoded_image(contents: tf.Tensor, channels: int, image_size: tuple[int, int]) -> tf.Tensor:
     """PNG/JPEG/BMP/GIF bytes (first frame of a GIF) as float32 pixels (0..255) of `image_size` x `channels`."""
-    image = tf.io.decode_image(contents, channels=0, expand_animations=False, dtype=tf.uint8)
-    return fit_image(image, channels, image_size)
+    return fit_image(decode_native(contents), channels, image_size)

@@ -32,7 +32,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kerascnn.config import DataConfig
-from kerascnn.data.decode import decode_encoded_image
+from kerascnn.data.decode import decode_encoded_image, decode_native
 from kerascnn.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -114,14 +114,6 @@ def _list_files(root: Path) -> tuple[list[tuple[Path, int]], list[SkippedFile], 
             else:
                 candidates.append((path, label))
     return candidates, skipped, [d.name for d in class_dirs], seen
-
-
-def decode_native(contents: tf.Tensor) -> tf.Tensor:
-    """Decode PNG/JPEG/BMP/GIF bytes (a GIF's first frame) at the image's own channels (1-4), uint8.
-
-    The one decoding step both the scan and training run, so the scan's verdict holds during training.
-    """
-    return tf.io.decode_image(contents, channels=0, expand_animations=False, dtype=tf.uint8)
 
 
 def _probe(path: tf.Tensor):
