@@ -63,6 +63,15 @@ def test_training_only_augmentation_is_inactive_at_inference(images):
     assert not np.array_equal(np.asarray(shift(images, training=True)), images)
 
 
+def test_training_shifts_move_whole_pixels(images):
+    model = build_model("resnet_small", (28, 28, 1), 10, random_shift=0.2, **TINY)
+    shift = model.get_layer("random_shift")
+    shifted = np.asarray(shift(images, training=True))
+    assert not np.array_equal(shifted, images)
+    for original, moved in zip(images, shifted):  # no blurred values: each pixel is an input pixel or the fill
+        assert np.isin(moved, np.append(original, 0.0)).all()
+
+
 @pytest.mark.parametrize("options, message", [
     ({"blocks": [1]}, "blocks must give a count"),
     ({"widths": []}, "positive stem and widths"),
