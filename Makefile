@@ -13,6 +13,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# one OpenCV distribution: mediapipe brings opencv-contrib-python; a headless copy would shadow its cv2
+	$(BIN)/python -m pip uninstall --quiet --yes opencv-python-headless
+	$(BIN)/python -c "import cv2, mediapipe, keras_tuner, fastapi, grpc, tensorflow_serving.apis, cleanlab, imagehash"
 	touch $(STAMP)
 
 demo: setup
