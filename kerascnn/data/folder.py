@@ -32,13 +32,13 @@ import tensorflow as tf
 from PIL import Image
 
 from kerascnn.config import DataConfig
-from kerascnn.data.decode import decode_encoded_image, decode_native
+from kerascnn.data.decode import IMAGE_EXTENSIONS, decode_encoded_image, decode_native
+from kerascnn.data.imagedata import ImageData, cap_examples, select_classes, stratified_split
 from kerascnn.errors import DataError
+from kerascnn.rundir import SKIPPED_FILES_CSV
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SYSTEM_FILES = ("thumbs.db", "ehthumbs.db", "desktop.ini", ".ds_store")
 DEFAULT_FOLDER_IMAGE_SIZE = (64, 64)
-SKIPPED_FILES_CSV = "skipped_files.csv"
 STRICT_LISTED = 5  # skipped files named in a strict-mode error; the rest are counted
 log = logging.getLogger(__name__)
 
@@ -233,16 +233,14 @@ def file_dataset(paths, labels, channels: int, image_size: tuple[int, int]) -> t
     return ds.map(lambda p, y: (decode_image(p, channels, image_size), y), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def load_folder(root: Path, config: DataConfig, seed: int):
+def load_folder(root: Path, config: DataConfig, seed: int) -> ImageData:
     """An ImageData over an image folder, split stratified into train/validation/test."""
-    from kerascnn.data.datasets import ImageData, _stratified_split, cap_examples, select_classes
-
     scan = scan_folder(root, strict=config.strict)
     keep, labels, class_names = select_classes(scan.labels, config.classes, scan.class_names)
     paths = np.asarray(scan.paths)[keep]
     labels = labels[keep]
-    train_idx, test_idx = _stratified_split(labels, config.test_split, seed, "test")
-    fit_idx, val_idx = _stratified_split(labels[train_idx], config.validation_split, seed, "validation")
+    train_idx, test_idx = stratified_split(labels, config.test_split, seed, "test")
+    fit_idx, val_idx = stratified_split(labels[train_idx], config.validation_split, seed, "validation")
     fit_idx = fit_idx[cap_examples(labels[train_idx][fit_idx], config.max_train_examples, seed)]
     split_index = {"train": train_idx[fit_idx], "validation": train_idx[val_idx], "test": test_idx}
     image_size = tuple(config.image_size or DEFAULT_FOLDER_IMAGE_SIZE)
