@@ -52,7 +52,7 @@ class MediaPipeClassifier:
         try:
             self.classifier = vision.ImageClassifier.create_from_options(options)
         except (ValueError, RuntimeError, OSError) as exc:
-            raise ModelLoadError(f"MediaPipe Tasks cannot run {str(self.path)!r}: {first_line(exc)}") from None
+            raise ModelLoadError(f"MediaPipe Tasks cannot run {self.path.name}: {first_line(exc)}") from None
         self.class_names: list[str] | None = None
 
     def classify(self, pixels: np.ndarray) -> list:
