@@ -40,9 +40,6 @@ class MediaPipeClassifier:
     """
 
     def __init__(self, path: str | Path):
-        from kerascnn.tflite_metadata import metadata_modules
-
-        metadata_modules()  # MediaPipe's Python package imports its metadata module on the way
         from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core.base_options import BaseOptions
 

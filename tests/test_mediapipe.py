@@ -5,9 +5,11 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from kerascnn.config import DataConfig, ExportConfig
 from kerascnn.data.datasets import from_arrays, load_data
@@ -50,7 +52,6 @@ def run(request, tmp_path_factory):
 
 def classify_all(path, images):
     """(category names of the first image in index order, top-1 indices) from MediaPipe Tasks itself."""
-    metadata_modules()  # registers the module mediapipe 1.2.3's wheel lacks, before MediaPipe imports it
     import mediapipe as mp
     from mediapipe.tasks.python import vision
     from mediapipe.tasks.python.core.base_options import BaseOptions
@@ -134,6 +135,21 @@ def test_a_file_copied_alone_names_its_classes_from_the_standard_metadata(run, t
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == str(list(data.class_names))
+
+
+def test_the_readme_snippet_runs_our_file_in_mediapipe_tasks(run, tmp_path):
+    data, folder, _ = run
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    snippet = readme.split("## Use it on Android/iOS/web with MediaPipe Tasks")[1].split("```python\n")[1]
+    snippet = snippet.split("```")[0].replace("saved_models/mine/model_int8.tflite", str(folder / "model_int8.tflite"))
+    image = data.arrays["test"][0][0].astype(np.uint8)
+    Image.fromarray(np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image).save(tmp_path / "seven.png")
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)  # a fresh process, as a user runs it: no kerascnn imported
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = [line.split()[0] for line in result.stdout.strip().splitlines()]
+    assert len(printed) == 3 and set(printed) <= set(data.class_names)
+    assert printed[0] == load(folder / "model_int8.tflite").predict(tmp_path / "seven.png")[0][0][0]
 
 
 def test_gray_input_option_keeps_one_channel_and_mediapipe_is_skipped(tmp_path):

@@ -58,6 +58,8 @@ def raw_litert(path: Path, images: np.ndarray):
 
     interpreter = Interpreter(model_path=str(path))
     model_input, = interpreter.get_input_details()
+    if images.shape[-1] == 1 and model_input["shape"][-1] == 3:  # a gray model's file takes RGB: ready-made too
+        images = np.repeat(images, 3, axis=-1)
     output_index = interpreter.get_output_details()[0]["index"]
     interpreter.resize_tensor_input(model_input["index"], list(images.shape))
     interpreter.allocate_tensors()
