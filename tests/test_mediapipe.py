@@ -125,6 +125,7 @@ def test_export_table_has_a_mediapipe_row_under_each_tflite_file(run, capsys):
     assert all(line.startswith(MEDIAPIPE_ROW) and line.split()[-1] in ("ok", "FAILED") for line in lines[1:8:2])
 
 
+@pytest.mark.parametrize("run", ["rgb"], indirect=True)  # a fresh process each: once is enough
 def test_a_file_copied_alone_names_its_classes_from_the_standard_metadata(run, tmp_path):
     data, folder, _ = run
     alone = tmp_path / "copied.tflite"
@@ -137,6 +138,7 @@ def test_a_file_copied_alone_names_its_classes_from_the_standard_metadata(run, t
     assert result.stdout.strip() == str(list(data.class_names))
 
 
+@pytest.mark.parametrize("run", ["gray"], indirect=True)  # an RGB file into a gray model's file
 def test_the_readme_snippet_runs_our_file_in_mediapipe_tasks(run, tmp_path):
     data, folder, _ = run
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
