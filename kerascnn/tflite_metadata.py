@@ -37,7 +37,7 @@ import flatbuffers
 import numpy as np
 
 METADATA_FIELD = "TFLITE_METADATA"  # the `metadata` entry name the TFLite Metadata format uses
-LABELS_FILE = "labels.txt"
+PACKED_LABELS = "labels.txt"  # the associated file inside each .tflite (Model Maker uses the same name)
 PIXEL_RANGE = (0.0, 255.0)  # every kerascnn artifact takes raw pixels
 _SHIM_PACKAGE = "mediapipe.tasks.cc.metadata.python"
 _SHIM_MODULE = f"{_SHIM_PACKAGE}._pywrap_metadata_version"
@@ -169,7 +169,7 @@ def write_metadata(flatbuffer: bytes, class_names: list[str], *, name: str, desc
         image.stats.min, image.stats.max = [[float(np.clip(round(p / scale + zero_point), info.min, info.max))]
                                             for p in PIXEL_RANGE]
     scores = metadata_info.ClassificationTensorMd(
-        name="probabilities", label_files=[metadata_info.LabelFileMd(LABELS_FILE)], tensor_type=output_type,
+        name="probabilities", label_files=[metadata_info.LabelFileMd(PACKED_LABELS)], tensor_type=output_type,
         description="Probability of each class, in the order of labels.txt." + _quantization_note(output_quantization),
     ).create_metadata()
     subgraph = fb.SubGraphMetadataT()
@@ -186,7 +186,7 @@ def write_metadata(flatbuffer: bytes, class_names: list[str], *, name: str, desc
         model_file.write_bytes(flatbuffer)
         populator = metadata.MetadataPopulator.with_model_file(str(model_file))
         populator.load_metadata_buffer(builder.Output())
-        populator.load_associated_file_buffers({LABELS_FILE: ("\n".join(class_names) + "\n").encode("utf-8")})
+        populator.load_associated_file_buffers({PACKED_LABELS: ("\n".join(class_names) + "\n").encode("utf-8")})
         populator.populate()
         return model_file.read_bytes()
 
