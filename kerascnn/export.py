@@ -53,6 +53,8 @@ TIE_TOLERANCE = 1e-6
 QUANTIZED_MIN_AGREEMENT = 0.995
 QUANTIZED_MAX_ACCURACY_DROP = 0.005
 BYTES_SIGNATURE = "serving_bytes"
+CLASSIFY_SIGNATURE, CLASSIFY_FEATURE = "classify", "image"  # TF Serving's Classify API over tf.Example images
+CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
 FLOAT32_TFLITE = "model.tflite"
 log = logging.getLogger(__name__)
 
@@ -117,11 +119,14 @@ def write_h5(model: keras.Model, path: Path, context: ExportContext) -> None:
 
 
 def write_saved_model(model: keras.Model, path: Path, context: ExportContext) -> None:
-    """A TF-Serving SavedModel with two signatures returning `probabilities`, `class_id`, `class_name`.
+    """A TF-Serving SavedModel with two signatures returning `probabilities`, `class_id`, `class_name`,
+    and a classify signature.
 
     `serving_default` takes raw pixels (`images`, float32 N x H x W x C, 0..255); `serving_bytes`
     takes encoded images (`image_bytes`, tf.string, PNG/JPEG/BMP/GIF of any size, gray or color) and
-    decodes and resizes them in-graph exactly as training and `Predictor` do.
+    decodes and resizes them in-graph exactly as training and `Predictor` do. `classify` (method
+    `tensorflow/serving/classify`) takes serialized tf.Example with the encoded image in feature
+    `image` and returns `classes` and `scores`, for TF Serving's Classify API.
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -140,19 +145,46 @@ def write_saved_model(model: keras.Model, path: Path, context: ExportContext) ->
     def decode(contents):
         return decode_encoded_image(contents, channels, (height, width))
 
+    def decode_all(contents):
+        return tf.map_fn(decode, contents, fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_bytes(image_bytes):
-        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec((height, width, channels),
-                                                                                  tf.float32))
-        return named_outputs(images)
+        return named_outputs(decode_all(image_bytes))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classify(inputs):
+        """TF Serving's classify contract (classifier.cc): serialized tf.Example `inputs` with the encoded
+        image in bytes feature `image`; `classes` (names) and `scores`, every class, best first."""
+        features = tf.io.parse_example(inputs, {CLASSIFY_FEATURE: tf.io.FixedLenFeature([], tf.string)})
+        scores, order = tf.math.top_k(named_outputs(decode_all(features[CLASSIFY_FEATURE]))["probabilities"],
+                                      k=len(context.class_names))
+        return {"classes": tf.gather(names, order), "scores": scores}
 
     archive.add_endpoint("serving_default", serving_default)
     archive.add_endpoint(BYTES_SIGNATURE, serving_bytes)
+    archive.add_endpoint(CLASSIFY_SIGNATURE, classify)
     archive.write_out(str(path), verbose=False)
+    mark_classify_signature(path)
     # assets.extra/ is SavedModel's place for files the loader ignores: a version copied alone to a
     # server still names its classes for `kerascnn.load`.
     (path / "assets.extra").mkdir(exist_ok=True)
     (path / "assets.extra" / LABELS_FILE).write_text("\n".join(context.class_names) + "\n", encoding="utf-8")
+
+
+def mark_classify_signature(path: Path) -> None:
+    """Give the `classify` signature TF Serving's classify method name, which its Classify API requires.
+
+    `tf.saved_model.save` writes every signature as a predict signature; the method name is only a
+    field of the SignatureDef in saved_model.pb, which TensorFlow's own loader ignores.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    graph_file = path / "saved_model.pb"
+    saved_model = saved_model_pb2.SavedModel.FromString(graph_file.read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        meta_graph.signature_def[CLASSIFY_SIGNATURE].method_name = CLASSIFY_METHOD_NAME
+    graph_file.write_bytes(saved_model.SerializeToString())
 
 
 def artifact_metadata(context: ExportContext, variant: str) -> str:
