@@ -275,6 +275,36 @@ def _add_augment_preview(sub) -> None:
                    help="override any config value, e.g. --set augment.rotation_range=30 (repeatable)")
 
 
+def cmd_serve(args) -> int:
+    from kerascnn.serve.models import ServeOptions
+    from kerascnn.serve.server import serve
+
+    options = ServeOptions(max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
+                           keep_versions=args.keep_versions, poll_seconds=args.poll_seconds,
+                           max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels)
+    serve(args.path, args.model_name, args.host, args.port, args.grpc_port, options, access_log=args.access_log)
+    return EXIT_OK
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve a run's SavedModel versions with TF Serving's REST and gRPC APIs")
+    p.add_argument("path", help="run directory (serves its saved_model/<version>/) or serving root (<root>/<version>/)")
+    p.add_argument("--model-name", help="name in the URLs and gRPC model_spec (default: the folder's name)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8501, help="REST port (default 8501, as TF Serving)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default: no gRPC; TF Serving uses 8500)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="most rows merged into one model call (default 32)")
+    p.add_argument("--batch-timeout-ms", type=float, default=0.0,
+                   help="longest wait for more requests to merge (default 0: only those already waiting)")
+    p.add_argument("--keep-versions", type=int, default=1, help="newest versions kept loaded (default 1)")
+    p.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions (default 1)")
+    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024,
+                   help="largest request body; bigger ones get 413 (default 16 MiB)")
+    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                   help="largest width x height of an encoded image, checked before decoding (default 4096x4096)")
+    p.add_argument("--access-log", action="store_true", help="log every HTTP request")
+
+
 def _add_bench(sub) -> None:
     from kerascnn.bench import load_benches
 
@@ -329,12 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbones", help="list the pre-trained backbones for --backbone")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects (name, default_size, min_size, ...)")
     _add_bench(sub)
+    _add_serve(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
             "datasets": cmd_datasets, "config-reference": cmd_config_reference, "augment-preview": cmd_augment_preview, "backbones": cmd_backbones,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:
