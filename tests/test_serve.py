@@ -380,15 +380,38 @@ def test_hot_swap_under_load_then_sigterm(runs, tmp_path):
     assert "version 3 of digits failed to load" in log and "server stopped" in log
 
 
-def test_bad_paths_and_options_are_one_line_errors(tmp_path, runs):
+def test_bad_paths_and_options_are_one_line_errors(tmp_path, runs, capsys):
+    from kerascnn.cli import main
     from kerascnn.serve import ServeOptions, ServeSetupError
     from kerascnn.serve.models import serving_root
 
-    done = kerascnn("serve", str(tmp_path / "missing"))
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("kerascnn: error: ") and "is not a folder" in done.stderr
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("kerascnn: error: ") and "is not a folder" in error and len(error.splitlines()) == 1
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    assert main(["serve", str(runs[0]), "--port", str(busy.getsockname()[1])]) == 2
+    assert "choose another --port" in capsys.readouterr().err
+    busy.close()
     with pytest.raises(ServeSetupError, match="pass the folder above it"):
         serving_root(runs[0] / "saved_model" / "1")
     assert serving_root(runs[0]) == (runs[0] / "saved_model", "a")
     with pytest.raises(ServeSetupError, match="--max-batch-size must be at least 1"):
         ServeOptions(max_batch_size=0)
+
+
+def test_page_classifies_a_picked_image_in_headless_chromium(server, tmp_path):
+    from chromium import chromium, classify_on_page
+
+    if chromium() is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    image = tmp_path / "digit.png"
+    Image.fromarray(DIGIT).resize((64, 64), Image.NEAREST).save(image)
+    shown = classify_on_page(server.url + "/", image, tmp_path / "page.png", tmp_path / "profile")
+    expected = httpx.post(f"{server.model}:classify", json={"signature_name": "classify",
+                                                             "examples": [{"image": b64(image.read_bytes())}]}).json()
+    label, score = expected["results"][0][0]
+    assert shown[0] == "model digits, version 1" and len(shown) == 6
+    assert shown[1] == f"{label} |  | {100 * score:.1f} %"
+    assert Image.open(tmp_path / "page.png").size[0] == 800

@@ -28,8 +28,8 @@ from kerascnn.errors import KerasCNNError
 from kerascnn.rundir import CONFIG_FILE, LABELS_FILE, SAVED_MODEL_DIR
 from kerascnn.serve.batching import Batcher
 from kerascnn.serve.metrics import Metrics
-from kerascnn.serve.status import ServingError, invalid, not_found
-from kerascnn.serve.tensors import check_image
+from kerascnn.serve.status import invalid, not_found
+from kerascnn.serve.tensors import check_image, check_shape
 
 log = logging.getLogger(__name__)
 PREDICT_METHOD, CLASSIFY_METHOD = "tensorflow/serving/predict", "tensorflow/serving/classify"
@@ -158,8 +158,6 @@ class Servable:
 
     def check(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`inputs` checked against the signature (names, dtypes, shapes, images before decoding)."""
-        from kerascnn.serve.tensors import check_shape
-
         definition, specs = self.signature(signature), self.input_specs(signature)
         if set(inputs) != set(specs):
             raise invalid(f"signature {signature or DEFAULT_SIGNATURE!r} takes inputs {sorted(specs)}, got "
@@ -167,13 +165,13 @@ class Servable:
         checked = {}
         for name, value in inputs.items():
             dtype, shape = specs[name]
-            if (value.dtype == object) != (dtype == object) or (dtype != object and value.dtype.kind not in "iufb"):
+            if value.dtype != dtype:
                 raise invalid(f"input {name!r} must be {'strings' if dtype == object else dtype.name}, got "
                               f"{'strings' if value.dtype == object else value.dtype.name}")
             check_shape(value, shape, name)
             if value.ndim == 0:
                 raise invalid(f"input {name!r} needs a batch dimension")
-            checked[name] = value if dtype == object else value.astype(dtype, copy=False)
+            checked[name] = value
             if dtype == object:
                 self._check_strings(definition.method_name, name, value)
         return checked
@@ -437,6 +435,3 @@ def classifications(outputs: dict[str, np.ndarray]) -> list[list[tuple[str, floa
         result.append(list(zip(labels, values)))
     return result
 
-
-__all__ = ["ModelStore", "Servable", "ServeOptions", "ServeSetupError", "ServingError", "classifications",
-           "serving_root"]

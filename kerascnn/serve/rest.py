@@ -92,7 +92,7 @@ class RestApi:
         self.store = store
 
     async def v1(self, request: Request) -> Response:
-        path = request.url.path
+        path = "/v1/" + request.path_params["rest"]  # the path below any mount point, as TF Serving sees it
         started, api, status = time.perf_counter(), "status", "OK"
         try:
             if request.method == "POST":

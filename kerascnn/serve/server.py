@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -18,6 +19,17 @@ from kerascnn.serve.rest import create_app
 DRAIN_SECONDS = 5
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 log = logging.getLogger(__name__)
+
+
+def check_port(host: str, port: int, flag: str) -> None:
+    """ServeSetupError unless host:port can be bound now (uvicorn would only log and exit 1)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ServeSetupError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another {flag}") from None
 
 
 def serve(path: str | Path, model_name: str | None = None, host: str = "127.0.0.1", port: int = 8501,
@@ -42,6 +54,7 @@ def serve(path: str | Path, model_name: str | None = None, host: str = "127.0.0.
     if host not in LOOPBACK:
         print(f"notice: listening on {host}, reachable from other machines; the server has no authentication "
               f"(the default, 127.0.0.1, is reachable from this machine only)", file=sys.stderr)
+    check_port(host, port, "--port")
     store.start()
     grpc_server = None
     try:
@@ -65,8 +78,6 @@ def serve(path: str | Path, model_name: str | None = None, host: str = "127.0.0.
         for stop_signal in (signal.SIGINT, signal.SIGTERM):
             signal.signal(stop_signal, lambda number, frame: log.info("stopping on %s", signal.Signals(number).name))
         server.run()
-        if not server.started:
-            raise ServeSetupError(f"cannot listen on {host}:{port} (in use?); choose another --port")
     finally:
         if grpc_server is not None:
             grpc_server.stop(DRAIN_SECONDS).wait()

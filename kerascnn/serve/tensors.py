@@ -245,7 +245,7 @@ def check_image(contents: bytes, max_pixels: int, where: str) -> None:
     if kind not in IMAGE_FORMATS + ("too large",):
         raise invalid(f"{where}: {kind} images are not supported; send {'/'.join(IMAGE_FORMATS)}")
     if size is None or size[0] * size[1] > max_pixels:
-        shown = f"{size[0]}x{size[1]}" if size else "more than PIL's own limit of"
-        raise invalid(f"{where}: the image is {shown} pixels, over the limit of {max_pixels:,} pixels; send a "
+        shown = f"{size[0]}x{size[1]} pixels" if size else "larger than PIL's decompression-bomb limit"
+        raise invalid(f"{where}: the image is {shown}, over the limit of {max_pixels:,} pixels; send a "
                       f"smaller image (the server resizes it anyway) or start the server with a larger "
                       f"--max-image-pixels")
