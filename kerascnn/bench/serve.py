@@ -73,21 +73,25 @@ def _load(clients: int, requests: int, make_client, images: np.ndarray) -> dict:
     ready = threading.Barrier(clients + 1)
 
     def work(index: int):
-        call = make_client()
-        call(images[index % len(images)])  # connection set up before timing
-        ready.wait()
         try:
+            call = make_client()
+            call(images[index % len(images)])  # connection set up before timing
+            ready.wait()
             for i in range(per_client):
                 started = time.perf_counter()
                 call(images[(index + i) % len(images)])
                 latencies[index].append(time.perf_counter() - started)
         except BaseException as exc:
             errors.append(exc)
+            ready.abort()
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
-    ready.wait()
+    try:
+        ready.wait()
+    except threading.BrokenBarrierError:
+        pass  # a client failed before timing; reported below
     started = time.perf_counter()
     for thread in threads:
         thread.join()
