@@ -120,6 +120,7 @@ class Servable:
         self.signature_defs = dict(graph.meta_graphs[0].signature_def)
         self.loaded = tf.saved_model.load(str(path))
         self.functions = {name: self.loaded.signatures[name] for name in self.signature_defs if name != INIT_OP}
+        self._specs = {name: self._read_specs(name) for name in self.functions}
         labels = path / "assets.extra" / LABELS_FILE
         self.class_names = labels.read_text(encoding="utf-8").splitlines() if labels.is_file() else []
         self.batchers = {name: Batcher(self._caller(name), options.max_batch_size, options.batch_timeout_ms,
@@ -140,10 +141,14 @@ class Servable:
 
     def input_specs(self, signature: str) -> dict[str, tuple[np.dtype, list[int] | None]]:
         """Input name -> (numpy dtype, shape with -1 for any size, or None for any shape)."""
+        self.signature(signature)
+        return self._specs[signature or DEFAULT_SIGNATURE]
+
+    def _read_specs(self, signature: str) -> dict[str, tuple[np.dtype, list[int] | None]]:
         import tensorflow as tf
 
         specs = {}
-        for name, info in self.signature(signature).inputs.items():
+        for name, info in self.signature_defs[signature].inputs.items():
             dtype = tf.as_dtype(info.dtype)
             shape = None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim]
             specs[name] = (np.dtype(object) if dtype == tf.string else np.dtype(dtype.as_numpy_dtype), shape)
