@@ -415,3 +415,33 @@ def test_page_classifies_a_picked_image_in_headless_chromium(server, tmp_path):
     assert shown[0] == "model digits, version 1" and len(shown) == 6
     assert shown[1] == f"{label} |  | {100 * score:.1f} %"
     assert Image.open(tmp_path / "page.png").size[0] == 800
+
+
+def test_app_factory_mounted_in_another_app(runs):
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    from kerascnn.serve import ServeOptions, create_app
+
+    app = Starlette(routes=[Mount("/digits", app=create_app(runs[0], options=ServeOptions(), watch=False))])
+    with TestClient(app) as client:
+        assert client.get("/digits/v1/models/a").json()["model_version_status"][0]["state"] == "AVAILABLE"
+        answer = client.post("/digits/v1/models/a:predict", json={"instances": [PIXELS]}).json()["predictions"][0]
+        np.testing.assert_allclose(answer["probabilities"], model_probabilities(runs[0]), atol=1e-5)
+        assert 'data-model="a"' in client.get("/digits/").text
+
+
+def test_only_integer_folders_inside_the_root_are_versions(tmp_path):
+    from kerascnn.serve.models import version_folders
+
+    outside = tmp_path / "outside" / "7"
+    outside.mkdir(parents=True)
+    (outside / "saved_model.pb").write_bytes(b"")
+    root = tmp_path / "root"
+    for name in ("1", "x2", ".incoming-3"):
+        (root / name).mkdir(parents=True)
+        (root / name / "saved_model.pb").write_bytes(b"")
+    (root / "4").mkdir()  # no saved_model.pb yet
+    (root / "5").symlink_to(outside, target_is_directory=True)
+    assert version_folders(root) == {1: root / "1"}

@@ -188,7 +188,9 @@ def create_app(path: str | Path | None = None, model_name: str | None = None, op
         store: an already started `ModelStore` instead of `path` (the CLI shares one with gRPC).
         watch: poll the root for new versions (default True).
 
-    The versions are loaded when the app starts (its lifespan) and released when it stops.
+    The versions are loaded here, before the app is returned (so it also works mounted inside
+    another app, whose lifespan Starlette does not pass to mounted apps), and released when the app's
+    lifespan ends.
 
     Example:
         app = create_app("saved_models/digits")   # then: uvicorn.run(app, port=8501)
@@ -199,12 +201,11 @@ def create_app(path: str | Path | None = None, model_name: str | None = None, op
     if owned:
         root, default_name = serving_root(path)
         store = ModelStore(root, model_name or default_name, options)
+        store.start(watch)
     api = RestApi(store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        if owned:
-            await asyncio.to_thread(store.start, watch)
         yield
         if owned:
             await asyncio.to_thread(store.close)
