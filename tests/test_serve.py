@@ -418,18 +418,24 @@ def test_page_classifies_a_picked_image_in_headless_chromium(server, tmp_path):
 
 
 def test_app_factory_mounted_in_another_app(runs):
+    import asyncio
+
     from starlette.applications import Starlette
     from starlette.routing import Mount
-    from starlette.testclient import TestClient
 
     from kerascnn.serve import ServeOptions, create_app
 
     app = Starlette(routes=[Mount("/digits", app=create_app(runs[0], options=ServeOptions(), watch=False))])
-    with TestClient(app) as client:
-        assert client.get("/digits/v1/models/a").json()["model_version_status"][0]["state"] == "AVAILABLE"
-        answer = client.post("/digits/v1/models/a:predict", json={"instances": [PIXELS]}).json()["predictions"][0]
-        np.testing.assert_allclose(answer["probabilities"], model_probabilities(runs[0]), atol=1e-5)
-        assert 'data-model="a"' in client.get("/digits/").text
+
+    async def requests():  # httpx's ASGI transport runs no lifespan: the mounted app must work without one
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
+            status = (await client.get("/digits/v1/models/a")).json()
+            answer = (await client.post("/digits/v1/models/a:predict", json={"instances": [PIXELS]})).json()
+            return status, answer, (await client.get("/digits/")).text
+
+    status, answer, page = asyncio.run(requests())
+    assert status["model_version_status"][0]["state"] == "AVAILABLE" and 'data-model="a"' in page
+    np.testing.assert_allclose(answer["predictions"][0]["probabilities"], model_probabilities(runs[0]), atol=1e-5)
 
 
 def test_only_integer_folders_inside_the_root_are_versions(tmp_path):
