@@ -316,6 +316,109 @@ def _add_bench(sub) -> None:
         bench.add_arguments(q)
 
 
+def _add_autoencode(sub) -> None:
+    p = sub.add_parser("autoencode", help="train a convolutional autoencoder (plain, denoising, compressing)")
+    p.add_argument("--dataset", default="digits", help="dataset name, tfds:<name> or image-folder path (default digits)")
+    p.add_argument("--noise", type=float, default=0.0, help="noise of a denoising autoencoder: std of 0..1 pixels "
+                                                            "(gaussian) or fraction of pixels (salt_pepper); "
+                                                            "default 0, a plain autoencoder")
+    p.add_argument("--noise-type", default="gaussian", help="gaussian | salt_pepper (default gaussian)")
+    p.add_argument("--latent-dim", type=int, help="size of a dense bottleneck (default: the last feature map)")
+    p.add_argument("--filters", type=int, nargs="+", default=[32, 64], help="encoder filters (default 32 64)")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="resize images to this")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--anomaly-class", help="class name or index left out of training and scored as anomaly")
+    p.add_argument("--max-train-examples", type=int, help="cap on training images (default all)")
+    p.add_argument("--output", default="saved_models", help="root folder of run directories (default saved_models)")
+    p.add_argument("--name", help="run directory name")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--no-report", dest="report", action="store_false", help="skip report.html and its figures")
+    p.add_argument("--verbose", type=int, default=2, help="Keras progress: 0, 1 or 2 (default 2)")
+
+
+def cmd_autoencode(args) -> int:
+    from kerascnn.autoencode import autoencode
+
+    result = autoencode(args.dataset, noise=args.noise, noise_type=args.noise_type, epochs=args.epochs,
+                        output=args.output, name=args.name, latent_dim=args.latent_dim, filters=tuple(args.filters),
+                        image_size=args.image_size, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                        anomaly_class=args.anomaly_class, seed=args.seed, overwrite=args.overwrite,
+                        verbose=args.verbose, report=args.report, max_train_examples=args.max_train_examples)
+    print_tensor_artifacts(result.manifest["artifacts"])
+    print(f"run directory: {result.run_dir}")
+    print(" ".join(f"{key} {value:.4f}" for key, value in result.test_metrics.items() if value is not None))
+    if result.report:
+        print(f"report: {result.report}")
+    return EXIT_OK
+
+
+def _add_gan(sub) -> None:
+    p = sub.add_parser("gan", help="train a DCGAN; samples per epoch, Frechet distance, generator artifacts")
+    p.add_argument("--dataset", help="dataset name, tfds:<name> or image-folder path (default digits)")
+    p.add_argument("--epochs", type=int, help="most epochs (default 20)")
+    p.add_argument("--time-budget", type=float, help="seconds of training after which no new epoch starts")
+    p.add_argument("--latent-dim", type=int, help="size of the generator's input z (default 100)")
+    p.add_argument("--filters", type=int, nargs="+", help="generator widths from the projection down (default 128 64)")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="resize images to this")
+    p.add_argument("--batch-size", type=int, help="default 128")
+    p.add_argument("--learning-rate", type=float, help="Adam step of both nets (default 0.0002)")
+    p.add_argument("--classifier", help="kerascnn run directory or .keras classifier of the same dataset for the "
+                                        "quality measures (default: train a cnn)")
+    p.add_argument("--classifier-epochs", type=int, help="epochs of that cnn (default 3)")
+    p.add_argument("--fd-samples", type=int, help="images the Frechet distance compares (default 2000)")
+    p.add_argument("--max-train-examples", type=int, help="cap on training images (default all)")
+    p.add_argument("--output", help="root folder of run directories (default saved_models)")
+    p.add_argument("--name", help="run directory name")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run directory")
+    p.add_argument("--verbose", type=int, help="Keras progress: 0, 1 or 2 (default 2)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or interrupted GAN run")
+    p.add_argument("--unsafe", action="store_true", help="with --resume: allow code inside its Keras files to run")
+
+
+GAN_OPTIONS = ("dataset", "epochs", "time_budget", "latent_dim", "filters", "image_size", "batch_size",
+               "learning_rate", "classifier", "classifier_epochs", "fd_samples", "max_train_examples", "output",
+               "name", "seed", "overwrite", "verbose")
+
+
+def cmd_gan(args) -> int:
+    from kerascnn.gan import gan
+
+    given = {option: getattr(args, option) for option in GAN_OPTIONS if getattr(args, option) is not None}
+    if args.resume:
+        if given:
+            raise KerasCNNError(f"--resume continues a run with its stored settings; drop "
+                                f"{', '.join('--' + option.replace('_', '-') for option in given)}")
+        result = gan(resume=args.resume, unsafe=args.unsafe)
+    elif args.unsafe:
+        raise KerasCNNError("--unsafe applies to the files of a resumed run; use it with --resume RUN_DIR")
+    else:
+        if "filters" in given or "image_size" in given:
+            given.update({key: tuple(given[key]) for key in ("filters", "image_size") if key in given})
+        result = gan(**given)
+    print_tensor_artifacts(result.manifest["artifacts"])
+    print(f"run directory: {result.run_dir}")
+    metrics = result.test_metrics
+    print(f"Frechet distance (classifier features, not Inception FID): epoch 1 {metrics['frechet_distance_epoch_1']:.2f}"
+          f", last {metrics['frechet_distance']:.2f}; class entropy {metrics['class_entropy']:.3f} nats "
+          f"(max {metrics['max_class_entropy']:.3f})")
+    print(f"report: {result.report}")
+    return EXIT_OK
+
+
+def print_tensor_artifacts(artifacts: dict) -> None:
+    """The output-parity table of a pixel-output model: one line an artifact."""
+    width = max([len("artifact"), *map(len, artifacts)]) + 2
+    print(f"{'artifact':<{width}}{'bytes':>12}{'max |d|':>11}{'mean |d|':>11}  check")
+    for name, entry in artifacts.items():
+        parity = entry["parity"]
+        print(f"{name:<{width}}{entry['bytes']:>12}{parity['max_abs_diff']:>11.1e}{parity['mean_abs_diff']:>11.1e}  "
+              f"{'ok' if parity['passed'] else 'FAILED'}")
+
+
 def cmd_config_reference(args) -> int:
     from kerascnn.config import config_reference
 
@@ -360,12 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list of objects (name, default_size, min_size, ...)")
     _add_bench(sub)
     _add_serve(sub)
+    _add_autoencode(sub)
+    _add_gan(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
             "datasets": cmd_datasets, "config-reference": cmd_config_reference, "augment-preview": cmd_augment_preview, "backbones": cmd_backbones,
-            "bench": cmd_bench, "serve": cmd_serve}
+            "bench": cmd_bench, "serve": cmd_serve, "autoencode": cmd_autoencode, "gan": cmd_gan}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,9 @@ class SavedModelRuntime:
         self._loaded = loaded  # keeps the variables the signature captures alive
         (self.input_name, spec), = self.signature.structured_input_signature[1].items()
         self.input_shape = tuple(spec.shape[1:])
+        outputs = list(self.signature.structured_outputs)
+        # Classifiers return `probabilities` (beside class_id, class_name); pixel models one tensor.
+        self.output_name = "probabilities" if "probabilities" in outputs or len(outputs) != 1 else outputs[0]
         labels = path / "assets.extra" / LABELS_FILE  # written there by kerascnn's export
         self.metadata = {"class_names": labels.read_text(encoding="utf-8").splitlines()} if labels.is_file() else {}
 
@@ -64,7 +67,7 @@ class SavedModelRuntime:
         import tensorflow as tf
 
         outputs = self.signature(**{self.input_name: tf.constant(images, tf.float32)})
-        return np.asarray(outputs["probabilities"])
+        return np.asarray(outputs[self.output_name])
 
 
 class TFLiteRuntime:

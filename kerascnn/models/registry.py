@@ -3,6 +3,8 @@
 A builder is a function `(input_shape, num_classes, **options) -> keras.Model` whose model takes raw
 pixels (0..255, NHWC) and returns class probabilities. Its keyword options are what `[model.options]`
 in a config may set; they are checked against the builder's signature before any work starts.
+Builders of another task (`autoencode`, `gan`: the kerascnn command that trains them) take
+`(input_shape, **options)` and are refused as classifiers.
 """
 
 from __future__ import annotations
@@ -13,15 +15,21 @@ from typing import Callable
 from kerascnn.errors import ConfigError, suggest
 
 _BUILDERS: dict[str, Callable] = {}
+_TASKS: dict[str, str] = {}
+CLASSIFIER = "classifier"
 
 
-def register_model(name: str):
-    """Decorator: make a builder available to `build_model(name, ...)` and the CLI."""
+def register_model(name: str, task: str = CLASSIFIER):
+    """Decorator: make a builder available to `build_model(name, ...)` and the CLI.
+
+    `task` is "classifier" or the kerascnn command that trains the model (e.g. "autoencode").
+    """
 
     def decorate(builder: Callable) -> Callable:
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} is registered twice")
         _BUILDERS[name] = builder
+        _TASKS[name] = task
         return builder
 
     return decorate
@@ -46,9 +54,10 @@ def get_builder(name: str) -> Callable:
 
 
 def builder_options(name: str) -> list[str]:
-    """Keyword options a builder accepts (everything after input_shape and num_classes)."""
-    params = list(inspect.signature(get_builder(name)).parameters.values())[2:]
-    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    """Keyword options a builder accepts (everything but input_shape and num_classes)."""
+    params = inspect.signature(get_builder(name)).parameters.values()
+    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            and p.name not in ("input_shape", "num_classes")]
 
 
 def check_builder_options(name: str, options: dict) -> None:
@@ -59,13 +68,14 @@ def check_builder_options(name: str, options: dict) -> None:
             raise ConfigError(f"model {name!r} has no option {key!r}{hint}; options: {', '.join(valid)}")
 
 
-def build_model(name: str, input_shape, num_classes: int, **options):
+def build_model(name: str, input_shape, num_classes: int | None = None, **options):
     """Build a registered model.
 
     Args:
         name: a name from `list_models()`, e.g. "cnn".
         input_shape: (height, width, channels) of the raw images.
-        num_classes: number of output probabilities.
+        num_classes: number of output probabilities; None for the builders of other tasks
+            (`autoencoder`, `dcgan`).
         **options: the builder's keyword options (see its docstring).
 
     Example:
@@ -75,7 +85,12 @@ def build_model(name: str, input_shape, num_classes: int, **options):
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 3 or min(input_shape) <= 0:
         raise ConfigError(f"input_shape must be (height, width, channels), got {input_shape}")
-    if num_classes < 2:
+    task = _TASKS[name]
+    if task != CLASSIFIER:
+        if num_classes is not None:
+            raise ConfigError(f"model {name!r} is not a classifier; train it with `kerascnn {task}`")
+        return _BUILDERS[name](input_shape, **options)
+    if num_classes is None or num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     return _BUILDERS[name](input_shape, num_classes, **options)
 
