@@ -1,4 +1,5 @@
-"""`kerascnn` command line: train | evaluate | export | predict | datasets | augment-preview | bench.
+"""`kerascnn` command line: train | evaluate | export | predict | datasets | augment-preview | bench |
+autoencode | gan | style.
 
 Errors a user can fix are one line on stderr with exit code 2 (1 for a failed export or training);
 `--debug` shows the traceback. TensorFlow's start-up chatter is silenced unless `--debug`.
@@ -409,6 +410,43 @@ def cmd_gan(args) -> int:
     return EXIT_OK
 
 
+def _add_style(sub) -> None:
+    p = sub.add_parser("style", help="neural style transfer: paint CONTENT in the style of STYLE (VGG19)")
+    p.add_argument("content", help="content image file")
+    p.add_argument("style", help="style image file")
+    p.add_argument("--out", required=True, help="result image file (.png, .jpg, ...)")
+    p.add_argument("--steps", type=int, default=100, help="optimiser steps (default 100)")
+    p.add_argument("--size", type=int, default=384, help="longer side of the result in pixels (default 384)")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet (VGG19 weights from the Keras cache) | none (random) | PATH (default imagenet)")
+    p.add_argument("--optimizer", default="adam", help="adam | lbfgs (default adam)")
+    p.add_argument("--learning-rate", type=float, default=5.0, help="Adam step in pixel units (default 5)")
+    p.add_argument("--content-weight", type=float, default=2.5e-8)
+    p.add_argument("--style-weight", type=float, default=1e-6)
+    p.add_argument("--tv-weight", type=float, default=1e-6, help="total-variation weight (default 1e-6)")
+    p.add_argument("--save-every", type=int, default=0, help="write an intermediate image every N steps")
+    p.add_argument("--progress-every", type=int, default=10, help="print the loss every N steps (0: never)")
+
+
+def cmd_style(args) -> int:
+    from kerascnn.style import style_transfer
+
+    def progress(step, loss, parts):
+        if args.progress_every and step % args.progress_every == 0:
+            print(f"step {step:>5}  loss {loss:.4g}  " + "  ".join(f"{k} {v:.4g}" for k, v in parts.items()))
+
+    result = style_transfer(args.content, args.style, args.out, steps=args.steps, size=args.size,
+                            weights=args.weights, optimizer=args.optimizer, learning_rate=args.learning_rate,
+                            content_weight=args.content_weight, style_weight=args.style_weight,
+                            tv_weight=args.tv_weight, save_every=args.save_every, progress=progress)
+    for path in result.intermediates:
+        print(f"intermediate: {path}")
+    print(f"loss {result.losses[0]:.4g} -> {result.losses[-1]:.4g} in {len(result.losses) - 1} steps "
+          f"({result.seconds:.1f} s)")
+    print(f"result: {result.output}")
+    return EXIT_OK
+
+
 def print_tensor_artifacts(artifacts: dict) -> None:
     """The output-parity table of a pixel-output model: one line an artifact."""
     width = max([len("artifact"), *map(len, artifacts)]) + 2
@@ -465,12 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_autoencode(sub)
     _add_gan(sub)
+    _add_style(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
             "datasets": cmd_datasets, "config-reference": cmd_config_reference, "augment-preview": cmd_augment_preview, "backbones": cmd_backbones,
-            "bench": cmd_bench, "serve": cmd_serve, "autoencode": cmd_autoencode, "gan": cmd_gan}
+            "bench": cmd_bench, "serve": cmd_serve, "autoencode": cmd_autoencode, "gan": cmd_gan, "style": cmd_style}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ import keras
 
 from kerascnn.config import ModelConfig
 from kerascnn.errors import ConfigError, ModelLoadError, first_line, suggest
+from kerascnn.models.autoencoder import autoencoder_backbone
 from kerascnn.safety import load_keras_model
 
 DEFAULT_UNFREEZE = 20  # as in the Keras fine-tuning guide: the top 20 layers
@@ -138,6 +139,9 @@ BACKBONES: dict[str, Backbone] = {
     "nasnet_large": _row(_apps.NASNetLarge, _apps.nasnet, 331,
                          cut_points=("reduction_concat_stem_2", "reduction_concat_reduce_6")),
     "cnn": Backbone(cnn_backbone, None, None, 1, None, ("pool_0", "pool_1"), imagenet=False, pooling="flatten"),
+    # The encoder of a `kerascnn autoencode` run (weights=RUN/model.keras; its `filters` option must match).
+    "autoencoder": Backbone(autoencoder_backbone, None, None, 1, None, ("encode_0",), imagenet=False,
+                            pooling="flatten"),
 }
 
 
