@@ -37,12 +37,13 @@ import tensorflow as tf
 
 from kerascnn import generative_report, plots
 from kerascnn.config import RunConfig, load_config
-from kerascnn.data.datasets import ImageData, load_data
+from kerascnn.data.datasets import load_data
+from kerascnn.data.imagedata import ImageData
 from kerascnn.errors import ConfigError, DataError, suggest
 from kerascnn.models.autoencoder import bottleneck_size, encoder
 from kerascnn.models.registry import build_model
 from kerascnn.rundir import CONFIG_FILE, HISTORY_FILE, TRAINED_MODEL, write_manifest, write_text_atomically
-from kerascnn.runner import check_free_space, prepare_run_dir
+from kerascnn.runner import check_config, check_free_space, prepare_run_dir
 from kerascnn.tensor_export import export_tensor_model
 from kerascnn.training import make_callbacks, make_optimizer
 
@@ -215,8 +216,8 @@ def autoencode(dataset: str = "digits", noise: float = 0.0, noise_type: str = "g
         data: an ImageData to use instead of loading `dataset` (e.g. from `from_arrays`).
     """
     check_noise(noise_type, noise)
-    config = autoencode_config(dataset, epochs, output, name, latent_dim, filters, image_size, batch_size,
-                               learning_rate, seed, overwrite, verbose, max_train_examples)
+    config = check_config(autoencode_config(dataset, epochs, output, name, latent_dim, filters, image_size,
+                                            batch_size, learning_rate, seed, overwrite, verbose, max_train_examples))
     run_dir = prepare_run_dir(config)
     keras.utils.set_random_seed(seed)
     data = data or load_data(config.data, seed=seed)

@@ -39,17 +39,18 @@ import tensorflow as tf
 
 from kerascnn import generative_report, plots
 from kerascnn.config import RunConfig, TrainConfig, load_config
-from kerascnn.data.datasets import ImageData, load_data
+from kerascnn.data.datasets import load_data
+from kerascnn.data.imagedata import ImageData
 from kerascnn.errors import ConfigError, DataError, TrainingError
 from kerascnn.evaluation import trace_layers
 from kerascnn.models.registry import build_model
-from kerascnn.predict import KerasRuntime
-from kerascnn.resume import AtomicBackupAndRestore, RunInterrupted, check_resumable, resume_state
-from kerascnn.rundir import (BACKUP_DIR, CONFIG_FILE, HISTORY_FILE, MANIFEST_FILE, TRAINED_MODEL, read_run_config,
+from kerascnn.resume import AtomicBackupAndRestore, check_resumable, resume_state
+from kerascnn.rundir import (BACKUP_DIR, CONFIG_FILE, HISTORY_FILE, TRAINED_MODEL, read_run_config,
                              write_atomically, write_bytes_atomically, write_json_atomically, write_manifest,
                              write_text_atomically)
-from kerascnn.runner import check_free_space, prepare_run_dir
+from kerascnn.runner import check_config, check_free_space, prepare_run_dir
 from kerascnn.tensor_export import export_tensor_model
+from kerascnn.safety import load_keras_model
 from kerascnn.training import train
 
 SETTINGS_FILE = "gan.json"
@@ -173,10 +174,10 @@ def _classifier(run_dir: Path, data: ImageData, source: str | None, epochs: int,
     one this run trained before (on resume), or a new `cnn` trained for `epochs` and kept in the run."""
     path = run_dir / CLASSIFIER_FILE
     if path.is_file():
-        return KerasRuntime(path).model
+        return load_keras_model(path)
     if source is not None:
         source_path = Path(source) / "model.keras" if Path(source).is_dir() else Path(source)
-        model = KerasRuntime(source_path).model
+        model = load_keras_model(source_path)
         if tuple(model.input_shape[1:]) != tuple(data.input_shape) or model.output_shape[-1] != data.num_classes:
             raise ConfigError(f"classifier {source!r} takes {tuple(model.input_shape[1:])} and predicts "
                               f"{model.output_shape[-1]} classes, but the GAN's images are {tuple(data.input_shape)} "
@@ -222,15 +223,15 @@ def gan(dataset: str = "digits", epochs: int = 20, output: str = "saved_models",
     """
     if resume is not None:
         run_dir = Path(resume)
-        check_resumable(run_dir, CONFIG_FILE, MANIFEST_FILE)
+        check_resumable(run_dir)
         if not (run_dir / SETTINGS_FILE).is_file():
             raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no {SETTINGS_FILE}, so it is not a "
                               f"`kerascnn gan` run; resume classifier runs with `kerascnn train --resume`")
         config = read_run_config(run_dir)
         settings = json.loads((run_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
     else:
-        config = gan_config(dataset, epochs, output, name, latent_dim, filters, image_size, batch_size,
-                            learning_rate, seed, overwrite, verbose, max_train_examples)
+        config = check_config(gan_config(dataset, epochs, output, name, latent_dim, filters, image_size, batch_size,
+                                         learning_rate, seed, overwrite, verbose, max_train_examples))
         settings = {"classifier": classifier, "classifier_epochs": classifier_epochs, "fd_samples": fd_samples,
                     "time_budget": time_budget, "backup_every": backup_every}
         if fd_samples < 2:
@@ -255,7 +256,7 @@ def gan(dataset: str = "digits", epochs: int = 20, output: str = "saved_models",
     try:
         result = _train_and_export(run_dir, config, settings, data, model, resume is not None, unsafe)
     except KeyboardInterrupt:
-        raise RunInterrupted(run_dir) from None
+        raise KeyboardInterrupt(f"interrupted; continue the run with: kerascnn gan --resume {run_dir}") from None
     return result
 
 
@@ -270,7 +271,7 @@ def _train_and_export(run_dir: Path, config: RunConfig, settings: dict, data: Im
     start = time.perf_counter()
     generator = model.generator
     if resumed and (run_dir / TRAINED_MODEL).is_file():  # training had finished: export only
-        generator = KerasRuntime(run_dir / TRAINED_MODEL, unsafe).model
+        generator = load_keras_model(run_dir / TRAINED_MODEL, unsafe)
         histograms = json.loads((run_dir / "class_histograms.json").read_text(encoding="utf-8"))
     else:
         state = resume_state(run_dir, HISTORY_FILE) if resumed else None

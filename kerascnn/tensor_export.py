@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from kerascnn.errors import ExportError
-from kerascnn.export import SAVED_MODEL_DIR, file_digest, publish_version, write_h5, write_keras
+from kerascnn.export import file_digest, publish_version, write_h5, write_keras
 from kerascnn.predict import runtime_for
-from kerascnn.rundir import move_into_place
+from kerascnn.rundir import SAVED_MODEL_DIR, move_into_place
 
 FORMATS = ("keras", "h5", "saved_model", "tflite")
 FORMAT_FILES = {"keras": "model.keras", "h5": "model.h5", "saved_model": SAVED_MODEL_DIR, "tflite": "model.tflite"}
