@@ -87,6 +87,7 @@ class DCGAN(keras.Model):
     def compile(self, d_optimizer=None, g_optimizer=None, learning_rate: float = 2e-4, **kwargs):
         """Adam(learning_rate, beta_1=0.5) for each net unless given, as the DCGAN paper trains."""
         super().compile(**kwargs)
+        self.optimizer = None  # Keras' default (RMSprop) would be built over both nets and never used
         self.d_optimizer = d_optimizer or keras.optimizers.Adam(learning_rate, beta_1=0.5)
         self.g_optimizer = g_optimizer or keras.optimizers.Adam(learning_rate, beta_1=0.5)
         self.loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
