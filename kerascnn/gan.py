@@ -34,7 +34,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-import scipy.linalg
 import tensorflow as tf
 
 from kerascnn import generative_report, plots
@@ -77,16 +76,15 @@ class GanResult:
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussians fitted to two feature sets.
 
-    Written here because no installed library computes it on arbitrary features; scipy gives the
-    matrix square root (its tiny imaginary part from rounding is dropped, as pytorch-fid does).
+    Written here because no installed library computes it on arbitrary features. Tr((S_a S_b)^(1/2)) is
+    the sum of the square roots of the eigenvalues of S_a S_b, which are real and >= 0 (the product is
+    similar to the PSD S_a^(1/2) S_b S_a^(1/2)); this stays exact where ReLU features with zero variance
+    make the product singular, where a matrix square root (scipy.linalg.sqrtm) warns and loses accuracy.
     """
     mu_a, mu_b = features_a.mean(0), features_b.mean(0)
     sigma_a, sigma_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
-    root = scipy.linalg.sqrtm(sigma_a @ sigma_b)
-    if not np.isfinite(root).all():  # singular product: regularise as pytorch-fid does
-        offset = np.eye(len(sigma_a)) * 1e-6
-        root = scipy.linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(sigma_a + sigma_b - 2.0 * np.real(root)))
+    eigenvalues = np.linalg.eigvals(sigma_a @ sigma_b).real.clip(min=0.0)
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * np.sqrt(eigenvalues).sum())
 
 
 def histogram_entropy(class_ids: np.ndarray, num_classes: int) -> tuple[float, list[int]]:

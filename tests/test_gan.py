@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.linalg
 import tensorflow as tf
 
 from kerascnn.cli import main
@@ -103,6 +104,11 @@ def test_frechet_distance_and_class_entropy_measure_what_they_say():
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
     # Two Gaussians with equal covariance: the distance is the squared distance of the means.
     assert frechet_distance(a, rng.standard_normal((4000, 3)) + [2.0, 0.0, 0.0]) == pytest.approx(4.0, abs=0.2)
+    b = rng.standard_normal((4000, 3)) @ np.array([[1.0, 0.5, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.3]])
+    mean_part = np.sum((a.mean(0) - b.mean(0)) ** 2)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_a @ cov_b).real  # the textbook formula on a well-conditioned case
+    assert frechet_distance(a, b) == pytest.approx(mean_part + np.trace(cov_a + cov_b - 2 * root), rel=1e-6)
     assert histogram_entropy(np.arange(1000) % 10, 10)[0] == pytest.approx(math.log(10))
     assert histogram_entropy(np.zeros(50, int), 10) == (0.0, [50] + [0] * 9)
 
