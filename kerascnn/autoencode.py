@@ -297,7 +297,7 @@ def _write_report(run_dir, model, history, manifest, clean, noisy, reconstructed
     compression = manifest["compression"]
     figures = {"reconstructions.png": plots.png_bytes(generative_report.image_grid_figure(
         rows, f"test images; bottleneck {compression['bottleneck_size']} numbers for {compression['input_size']} "
-              f"pixels ({compression['ratio']:g}x)")),
+              f"pixels, compression {compression['ratio']:g}x")),
         "training_curves.png": plots.png_bytes(plots.training_curves_figure(history))}
     notes = []
     if tsne_sample:
