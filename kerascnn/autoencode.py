@@ -175,9 +175,13 @@ def autoencode_config(dataset: str = "digits", epochs: int = 10, output: str = "
 
 
 def _pixels_pipeline(ds: tf.data.Dataset, batch_size: int, noise_type: str, amount: float, training: bool,
-                     seed: int, keep) -> tf.data.Dataset:
-    """(noisy pixels, clean pixels) batches: cached, shuffled when training, noised per batch."""
-    ds = ds.filter(keep).map(lambda image, label: image).cache()
+                     seed: int, keep, count: int | None) -> tf.data.Dataset:
+    """(noisy pixels, clean pixels) batches: cached, shuffled when training, noised per batch. `count`,
+    the images `keep` lets through where known, tells Keras the epoch's length (a filter hides it)."""
+    ds = ds.filter(keep).map(lambda image, label: image)
+    if count is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(count))
+    ds = ds.cache()
     if training:
         ds = ds.shuffle(10000, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
@@ -232,13 +236,14 @@ def autoencode(dataset: str = "digits", noise: float = 0.0, noise_type: str = "g
     def keep(image, label):
         return tf.constant(True) if held_out is None else tf.not_equal(label, held_out)
 
-    train_counts = data.counts["train"]
+    counts = {split: data.counts[split] if held_out is None else None for split in ("train", "validation")}
     if held_out is not None and data.arrays is not None:
-        train_counts = int((data.arrays["train"][1] != held_out).sum())
-    steps = max(1, math.ceil(train_counts / batch_size))
+        counts = {split: int((data.arrays[split][1] != held_out).sum()) for split in counts}
+    steps = max(1, math.ceil((counts["train"] or data.counts["train"]) / batch_size))
     model.compile(optimizer=make_optimizer(config.train, steps), loss="mse")
-    train_ds = _pixels_pipeline(data.train, batch_size, noise_type, noise, True, seed, keep)
-    validation_ds = _pixels_pipeline(data.validation, batch_size, noise_type, noise, False, seed, keep)
+    train_ds = _pixels_pipeline(data.train, batch_size, noise_type, noise, True, seed, keep, counts["train"])
+    validation_ds = _pixels_pipeline(data.validation, batch_size, noise_type, noise, False, seed, keep,
+                                     counts["validation"])
     start = time.perf_counter()
     model.fit(train_ds, validation_data=validation_ds, epochs=epochs, verbose=verbose,
               callbacks=make_callbacks(config.train, run_dir))
