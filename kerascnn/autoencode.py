@@ -255,9 +255,9 @@ def autoencode(dataset: str = "digits", noise: float = 0.0, noise_type: str = "g
     clean = images[normal]
     noisy = noisy_copy(clean, noise_type, noise, seed)
     reconstructed = reconstruct(model, noisy)
-    ours, theirs = image_metrics(reconstructed, clean), image_metrics(noisy, clean) if noise else None
-    test_metrics = {**ours, "mse_noisy": theirs["mse"] if theirs else None,
-                    "psnr_noisy": theirs["psnr"] if theirs else None, "ssim_noisy": theirs["ssim"] if theirs else None}
+    noisy_metrics = image_metrics(noisy, clean) if noise else {"mse": None, "psnr": None, "ssim": None}
+    test_metrics = {**image_metrics(reconstructed, clean),
+                    **{f"{key}_noisy": value for key, value in noisy_metrics.items()}}
     anomaly = None
     if held_out is not None:
         from sklearn.metrics import roc_auc_score
@@ -316,7 +316,7 @@ def _write_report(run_dir, model, history, manifest, clean, noisy, reconstructed
     if manifest["anomaly"]:
         notes.append(f"anomaly score: reconstruction MSE; class {manifest['anomaly']['class']!r} held out of "
                      f"training; ROC AUC {manifest['anomaly']['auc']:.4f}")
-    summary = {**{k: v for k, v in metrics.items()}, **{f"compression_{k}": v for k, v in compression.items()},
+    summary = {**metrics, **{f"compression_{k}": v for k, v in compression.items()},
                "noise": f"{manifest['noise']['type']} {manifest['noise']['amount']}" if manifest["noise"]["type"]
                else "none", "epochs_run": manifest["epochs_run"]}
     return generative_report.write_report(run_dir, f"Autoencoder {run_dir.name} ({manifest['dataset']})", summary,

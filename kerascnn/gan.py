@@ -44,7 +44,7 @@ from kerascnn.errors import ConfigError, DataError, TrainingError
 from kerascnn.evaluation import trace_layers
 from kerascnn.models.registry import build_model
 from kerascnn.resume import AtomicBackupAndRestore, check_resumable, resume_state
-from kerascnn.rundir import (BACKUP_DIR, CONFIG_FILE, HISTORY_FILE, TRAINED_MODEL, read_run_config,
+from kerascnn.rundir import (BACKUP_DIR, CONFIG_FILE, HISTORY_FILE, KERAS_FILE, TRAINED_MODEL, read_run_config,
                              write_atomically, write_bytes_atomically, write_json_atomically, write_manifest,
                              write_text_atomically)
 from kerascnn.runner import check_config, check_free_space, prepare_run_dir
@@ -167,24 +167,22 @@ def gan_config(dataset: str, epochs: int, output: str, name: str | None, latent_
     return load_config(values={key: value for key, value in values.items() if value is not None})
 
 
-def _classifier(run_dir: Path, data: ImageData, source: str | None, epochs: int, seed: int) -> keras.Model:
-    """The classifier whose features judge the generator: `source` (a run directory or .keras file), the
-    one this run trained before (on resume), or a new `cnn` trained for `epochs` and kept in the run."""
-    path = run_dir / CLASSIFIER_FILE
-    if path.is_file():
-        return load_keras_model(path)
+def _classifier(run_dir: Path, data: ImageData, source: str | None, epochs: int, seed: int,
+                resumed: bool) -> keras.Model:
+    """The classifier whose features judge the generator: on resume the one the run kept, else `source`
+    (a run directory or .keras file, checked against the data), else a new `cnn` trained for `epochs`."""
+    if resumed and (run_dir / CLASSIFIER_FILE).is_file():
+        return load_keras_model(run_dir / CLASSIFIER_FILE)
     if source is not None:
-        source_path = Path(source) / "model.keras" if Path(source).is_dir() else Path(source)
+        source_path = Path(source) / KERAS_FILE if Path(source).is_dir() else Path(source)
         model = load_keras_model(source_path)
         if tuple(model.input_shape[1:]) != tuple(data.input_shape) or model.output_shape[-1] != data.num_classes:
             raise ConfigError(f"classifier {source!r} takes {tuple(model.input_shape[1:])} and predicts "
                               f"{model.output_shape[-1]} classes, but the GAN's images are {tuple(data.input_shape)} "
                               f"with {data.num_classes} classes; train one on the same dataset and image size")
-    else:
-        model = build_model("cnn", data.input_shape, data.num_classes)
-        train(model, data, TrainConfig(epochs=epochs, verbose=0, early_stopping_patience=0, tensorboard=False),
-              seed=seed)
-    write_atomically(path, lambda temporary: model.save(temporary))
+        return model
+    model = build_model("cnn", data.input_shape, data.num_classes)
+    train(model, data, TrainConfig(epochs=epochs, verbose=0, early_stopping_patience=0, tensorboard=False), seed=seed)
     return model
 
 
@@ -243,6 +241,9 @@ def gan(dataset: str = "digits", epochs: int = 20, output: str = "saved_models",
     model = build_model("dcgan", data.input_shape, seed=seed, **config.model.options)
     model.compile(learning_rate=config.train.learning_rate)
     model.build()
+    # Before anything is written: a classifier that does not fit the data fails here.
+    classifier = _classifier(run_dir, data, settings["classifier"], settings["classifier_epochs"], seed,
+                             resume is not None)
     if resume is None:
         check_free_space(run_dir, model)
         if run_dir.exists():  # --overwrite: the old run goes only now that the inputs are known good
@@ -251,17 +252,18 @@ def gan(dataset: str = "digits", epochs: int = 20, output: str = "saved_models",
         (run_dir / "checkpoints").mkdir()
         write_text_atomically(run_dir / CONFIG_FILE, config.to_toml())
         write_json_atomically(run_dir / SETTINGS_FILE, settings)
+    if not (run_dir / CLASSIFIER_FILE).is_file():
+        write_atomically(run_dir / CLASSIFIER_FILE, lambda temporary: classifier.save(temporary))
     try:
-        result = _train_and_export(run_dir, config, settings, data, model, resume is not None, unsafe)
+        result = _train_and_export(run_dir, config, settings, data, model, classifier, resume is not None, unsafe)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted; continue the run with: kerascnn gan --resume {run_dir}") from None
     return result
 
 
-def _train_and_export(run_dir: Path, config: RunConfig, settings: dict, data: ImageData, model, resumed: bool,
-                      unsafe: bool) -> GanResult:
+def _train_and_export(run_dir: Path, config: RunConfig, settings: dict, data: ImageData, model,
+                      classifier: keras.Model, resumed: bool, unsafe: bool) -> GanResult:
     seed = config.run.seed
-    classifier = _classifier(run_dir, data, settings["classifier"], settings["classifier_epochs"], seed)
     rng = np.random.default_rng(seed)  # the fixed latent batches: the same on resume
     sample_latent = rng.standard_normal((SAMPLE_COUNT, model.latent_dim)).astype(np.float32)
     probe_latent = rng.standard_normal((settings["fd_samples"], model.latent_dim)).astype(np.float32)

@@ -118,3 +118,12 @@ def test_resume_refuses_other_flags_and_other_runs(tmp_path, capsys):
     assert "drop --epochs" in capsys.readouterr().err
     assert main(["gan", "--resume", str(tmp_path / "missing")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_classifier_of_other_images_is_refused_before_anything_is_written(tmp_path, capsys):
+    build_model("cnn", (8, 8, 1), 10).save(tmp_path / "small.keras")
+    assert main(["gan", "--dataset", "digits", "--image-size", "16", "16", "--classifier", str(tmp_path / "small.keras"),
+                 "--output", str(tmp_path), "--name", "g"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "takes (8, 8, 1)" in error
+    assert not (tmp_path / "g").exists()
