@@ -1,13 +1,26 @@
 # kerascnn: `make demo` trains on the embedded dataset, `make test` runs the suite.
-# Both build .venv first (Python 3.11+, packages from PyPI) and need nothing else installed.
+# Both build .venv first (Python 3.11+, packages from PyPI) and the Debian packages the tests use.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Debian packages the tests use: headless Chromium checks the serving page.
+DEBIAN_PACKAGES := chromium
 
-.PHONY: setup demo test notebooks clean
+.PHONY: setup system demo test notebooks clean
 
-setup: $(STAMP)
+setup: system $(STAMP)
+
+# Installs what is missing of DEBIAN_PACKAGES with apt-get when run as root; otherwise says what to install.
+system:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "kerascnn: install the Debian packages $$missing (sudo apt-get install $$missing) for the full test suite"; \
+	  fi; \
+	fi
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
