@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 import tomli_w
+from keras_tuner.src import config as keras_tuner_config
 from keras_tuner.src.distribute import utils as distribute_utils
 
 from kerascnn.config import (RunConfig, SearchDimension, TuneConfig, config_from_dict, merge, read_config_file)
@@ -273,6 +274,7 @@ class _Tuner(kt.engine.base_tuner.BaseTuner):
 
     def __init__(self, oracle, search: _Search, **kwargs):
         self.search_runner = search
+        keras_tuner_config.DEBUG = False  # no traceback per failed trial: trials.csv has the reason
         super().__init__(oracle, **kwargs)
 
     def run_trial(self, trial, *args, **kwargs):
