@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime
 import gc
@@ -179,6 +180,15 @@ class _Deadline(keras.callbacks.Callback):
             self.hit = self.model.stop_training = True
 
 
+def _return_freed_memory() -> None:
+    """Hand freed heap pages back to the system (glibc's malloc_trim), so memory freed by one trial
+    does not stay in the process's resident size as fragmentation; a no-op without glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def memory_mib() -> tuple[float | None, float]:
     """(resident memory now, peak resident memory) of this process in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -261,6 +271,7 @@ class _Search:
             del model
             keras.backend.clear_session()  # free the trial's graph and variables before the next trial
             gc.collect()
+            _return_freed_memory()
             record["seconds"] = round(time.perf_counter() - start, 3)
             record["rss_mib"], record["peak_rss_mib"] = memory_mib()
             write_json_atomically(trial_dir / TRIAL_RESULT, record)
@@ -351,7 +362,7 @@ def parameters_figure(config: RunConfig, trials: pd.DataFrame):
             labels = [json.dumps(v) if isinstance(v, (list, dict)) else str(v) for v in d.values]
             shown = [json.dumps(v) if isinstance(v, (list, dict)) else str(v) for v in done[d.key]] \
                 if not done.empty else []
-            ax.plot([labels.index(s) for s in shown], done["objective"], "o")
+            ax.plot([labels.index(s) if s in labels else len(labels) for s in shown], done["objective"], "o")
             ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0)
         else:
             ax.plot(done[d.key].astype(float), done["objective"], "o")
