@@ -319,7 +319,8 @@ def _add_bench(sub) -> None:
 # `kerascnn tune` flag -> dotted config key.
 TUNE_FLAGS = {"budget": "tune.budget", "max_trials": "tune.max_trials", "tuner": "tune.tuner",
               "objective": "tune.objective", "direction": "tune.direction", "output": "run.output",
-              "name": "run.name", "overwrite": "run.overwrite", "final": "tune.final"}
+              "name": "run.name", "overwrite": "run.overwrite", "final": "tune.final",
+              "trial_process": "tune.trial_process"}
 
 
 def cmd_tune(args) -> int:
@@ -387,6 +388,8 @@ def _add_tune(sub) -> None:
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing tune directory")
     p.add_argument("--no-final", dest="final", action="store_false", default=None,
                    help="skip the full run of the best config")
+    p.add_argument("--trial-process", action="store_true", default=None,
+                   help="run each trial in a fresh process (flat memory; a trial killed for memory is a failed trial)")
     p.add_argument("--resume", metavar="TUNE_DIR", help="continue a killed or interrupted search")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config value, e.g. --set train.epochs=3 (repeatable)")

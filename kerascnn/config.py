@@ -521,6 +521,10 @@ class TuneConfig:
             stopped and no new trial starts; the final run comes after it (default: none).
         max_failures: consecutive failed trials that end the search (default 3).
         hyperband_factor: Hyperband's reduction factor between rounds (default 3).
+        trial_process: run each trial in a fresh Python process: the tune process's memory stays
+            flat and a trial killed by the system (e.g. out of memory) is recorded as failed; costs
+            TensorFlow's start-up and a data load per trial (default False: in this process, the Keras
+            session cleared after each trial).
         final: after the search, train, evaluate and export the best config as a full run in
             `<tune dir>/final` (default True; `--no-final` turns it off).
     """
@@ -533,6 +537,7 @@ class TuneConfig:
     budget: str | None = None
     max_failures: int = 3
     hyperband_factor: int = 3
+    trial_process: bool = False
     final: bool = True
 
     def __post_init__(self):

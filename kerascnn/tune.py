@@ -34,6 +34,7 @@ import datetime
 import gc
 import json
 import math
+import multiprocessing
 import os
 import resource
 import shutil
@@ -220,15 +221,54 @@ class _Search:
         return self._data[1]
 
     def run_trial(self, trial, trial_dir: Path) -> dict:
+        """Train one trial (in this process, or in a fresh one with `tune.trial_process`); return its
+        objective for KerasTuner, or raise FailedTrialError with the reason."""
         for name in (CONFIG_FILE, "history.csv", TRIAL_RESULT, "checkpoints"):  # a rerun after a kill starts clean
             path = trial_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        values = trial.hyperparameters.values
+        values = dict(trial.hyperparameters.values)
+        if self.config.tune.trial_process:
+            record = self._train_in_process(trial.trial_id, values, trial_dir)
+        else:
+            record = self.train_trial(trial.trial_id, values, trial_dir)
+        print(f"trial {trial.trial_id}: {record['status']}"
+              + (f", {self.config.tune.objective} {record['objective']:.4f}" if record["objective"] is not None
+                 else f" ({record.get('message', '')})") + f" in {record['seconds']:.1f} s")
+        if record["status"] != "completed":
+            raise kt.errors.FailedTrialError(record["message"])
+        return {self.config.tune.objective: record["objective"]}
+
+    def _train_in_process(self, trial_id: str, values: dict, trial_dir: Path) -> dict:
+        """`train_trial` in a fresh Python process: nothing of the trial stays in this one, and a trial
+        the system kills (e.g. for memory) is a failed trial, not the end of the search."""
+        start = time.perf_counter()
+        process = multiprocessing.get_context("spawn").Process(
+            target=_train_trial_process, args=(self.config.to_dict(), str(self.tune_dir), self.deadline, trial_id,
+                                               values, str(trial_dir)))
+        process.start()
+        process.join()
+        path = trial_dir / TRIAL_RESULT
+        if path.is_file():
+            record = json.loads(path.read_text(encoding="utf-8"))
+            record["trial_peak_rss_mib"] = record["peak_rss_mib"]
+        else:
+            record = {"trial_id": trial_id, "status": "failed", "objective": None, "epochs": 0,
+                      "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0"),
+                      "message": f"the trial's process ended with exit code {process.exitcode} before recording "
+                                 f"a result (a negative code is the signal that killed it, e.g. -9 for memory)",
+                      "seconds": round(time.perf_counter() - start, 3)}
+        record["rss_mib"], record["peak_rss_mib"] = memory_mib()  # this (the tune) process's
+        write_json_atomically(path, record)
+        return record
+
+    def train_trial(self, trial_id: str, values: dict, trial_dir: Path) -> dict:
+        """Train the pinned config with a trial's `values`; write and return its record (status,
+        objective at the best epoch, epochs, seconds, memory, message). Never raises for a failed trial."""
         config = trial_config(self.config, sampled_values(self.config.tune, values))
         if "tuner/epochs" in values:  # Hyperband: this round's epochs, continuing an earlier trial's weights
             config = config.replace("train", epochs=max(1, values["tuner/epochs"] - values["tuner/initial_epoch"]))
         write_text_atomically(trial_dir / CONFIG_FILE, config.to_toml())
-        record = {"trial_id": trial.trial_id, "status": "failed", "objective": None, "epochs": 0,
+        record = {"trial_id": trial_id, "status": "failed", "objective": None, "epochs": 0,
                   "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0")}
         start = time.perf_counter()
         deadline = _Deadline(self.deadline)
@@ -248,36 +288,35 @@ class _Search:
                                           cache=config.data.cache, shuffle_buffer=config.data.shuffle_buffer,
                                           augment=augment, extra_callbacks=[deadline])
             record["epochs"] = result.epochs_run
+            column = result.history[self.config.tune.objective]
+            best = column.max() if self.config.tune.objective_direction == "max" else column.min()
             if deadline.hit:
                 record.update(status="stopped", message=f"stopped by the wall-time budget after "
                                                         f"{result.epochs_run} epoch(s)")
-                raise kt.errors.FailedTrialError(record["message"])
-            column = result.history[self.config.tune.objective]
-            best = column.max() if self.config.tune.objective_direction == "max" else column.min()
-            if not math.isfinite(best):
-                raise KerasCNNError(f"objective {self.config.tune.objective} is not finite ({best})")
-            record.update(status="completed", objective=float(best))
-            return {self.config.tune.objective: float(best)}
+            elif not math.isfinite(best):
+                record["message"] = f"objective {self.config.tune.objective} is not finite ({best})"
+            else:
+                record.update(status="completed", objective=float(best))
         except tf.errors.ResourceExhaustedError as exc:
             record["message"] = f"out of memory: {first_line(exc)}"
-            raise kt.errors.FailedTrialError(record["message"]) from None
-        except kt.errors.FailedTrialError:
-            raise
         except Exception as exc:  # noqa: BLE001  (any failure of one trial is recorded; the search goes on)
             record["message"] = first_line(exc) if isinstance(exc, KerasCNNError) else \
                 f"{type(exc).__name__}: {first_line(exc)}"
-            raise kt.errors.FailedTrialError(record["message"]) from None
         finally:
             del model
             keras.backend.clear_session()  # free the trial's graph and variables before the next trial
             gc.collect()
             _return_freed_memory()
-            record["seconds"] = round(time.perf_counter() - start, 3)
-            record["rss_mib"], record["peak_rss_mib"] = memory_mib()
-            write_json_atomically(trial_dir / TRIAL_RESULT, record)
-            print(f"trial {trial.trial_id}: {record['status']}"
-                  + (f", {self.config.tune.objective} {record['objective']:.4f}" if record["objective"] is not None
-                     else f" ({record.get('message', '')})") + f" in {record['seconds']:.1f} s")
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        record["rss_mib"], record["peak_rss_mib"] = memory_mib()
+        write_json_atomically(trial_dir / TRIAL_RESULT, record)
+        return record
+
+
+def _train_trial_process(settings: dict, tune_dir: str, deadline: float | None, trial_id: str, values: dict,
+                         trial_dir: str) -> None:
+    """The body of a trial's own process (`tune.trial_process`)."""
+    _Search(config_from_dict(settings), Path(tune_dir), deadline).train_trial(trial_id, values, Path(trial_dir))
 
 
 class _Tuner(kt.engine.base_tuner.BaseTuner):

@@ -121,15 +121,17 @@ tsne_sample = 0
 
 
 def test_budget_stops_the_running_trial_and_starts_no_other(tmp_path):
+    """In a trial process of its own (tune.trial_process), so that path is checked too."""
     from kerascnn.tune import tune
 
     config = load_config(write_config(tmp_path, '[tune.space]\n"train.learning_rate" = { uniform = [0.01, 0.1] }\n'),
-                         values={"train.epochs": 200, "tune.budget": "6s", "tune.final": False,
+                         values={"train.epochs": 200, "tune.budget": "20s", "tune.final": False, "tune.trial_process": True,
                                  "run.output": str(tmp_path), "run.name": "budget"})
     start = time.perf_counter()
     result = tune(config)
-    assert time.perf_counter() - start < 60
+    assert time.perf_counter() - start < 120
     assert list(result.trials["status"]) == ["stopped"]
+    assert result.trials["epochs"][0] >= 1
     assert "wall-time budget" in result.trials["message"][0]
     assert result.best_config is None and not (tmp_path / "budget" / "best.toml").exists()
 
