@@ -255,8 +255,8 @@ class _Search:
             record = {"trial_id": trial_id, "status": "failed", "objective": None, "epochs": 0,
                       "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0"),
                       "message": f"the trial's process ended with exit code {process.exitcode} before recording "
-                                 f"a result (a negative code is the signal that killed it, e.g. -9 for memory)",
-                      "seconds": round(time.perf_counter() - start, 3)}
+                                 f"a result (a negative code is the signal that killed it, e.g. -9 for memory)"}
+        record["seconds"] = round(time.perf_counter() - start, 3)  # the process's start-up included
         record["rss_mib"], record["peak_rss_mib"] = memory_mib()  # this (the tune) process's
         write_json_atomically(path, record)
         return record
