@@ -457,6 +457,104 @@ def print_tensor_artifacts(artifacts: dict) -> None:
               f"{'ok' if parity['passed'] else 'FAILED'}")
 
 
+# `kerascnn tune` flag -> dotted config key.
+TUNE_FLAGS = {"budget": "tune.budget", "max_trials": "tune.max_trials", "tuner": "tune.tuner",
+              "objective": "tune.objective", "direction": "tune.direction", "output": "run.output",
+              "name": "run.name", "overwrite": "run.overwrite", "final": "tune.final",
+              "trial_process": "tune.trial_process"}
+
+
+def cmd_tune(args) -> int:
+    from kerascnn.config import load_config
+    from kerascnn.tune import set_distributed_role, tune
+
+    if args.chief or args.worker:
+        set_distributed_role("chief" if args.chief else "worker", args.oracle_ip, args.oracle_port, args.worker)
+    values = {key: getattr(args, flag) for flag, key in TUNE_FLAGS.items() if getattr(args, flag) is not None}
+    if args.resume:
+        given = [flag for flag in ("config", "preset", *TUNE_FLAGS) if getattr(args, flag) is not None]
+        if given or args.set:
+            raise KerasCNNError(f"--resume continues a search with its stored tune.toml; drop "
+                                f"{', '.join('--' + flag.replace('_', '-') for flag in given + ['set'] * bool(args.set))}")
+        result = tune(resume=args.resume)
+    else:
+        result = tune(load_config(args.config, args.preset, args.set, values))
+    if result.role == "worker":
+        print("worker finished: the chief writes trials.csv, best.toml and the final run")
+        return EXIT_OK
+    counts = result.trials["status"].value_counts().to_dict() if not result.trials.empty else {}
+    print(f"tune directory: {result.tune_dir}")
+    print(f"trials: {len(result.trials)} ({', '.join(f'{n} {status}' for status, n in counts.items()) or 'none'})")
+    if result.best_config is None:
+        print("no trial completed: no best.toml")
+        return EXIT_FAILURE
+    print(f"best config: {result.tune_dir / 'best.toml'}")
+    if result.final is not None:
+        print(f"final run: {result.final.run_dir} (test accuracy {result.final.test_metrics['accuracy']:.4f})")
+    return EXIT_OK
+
+
+def cmd_lr_find(args) -> int:
+    from kerascnn.config import load_config
+    from kerascnn.runner import find_learning_rate
+
+    out = Path(args.out)
+    if out.suffix.lower() not in PREVIEW_FORMATS:
+        raise KerasCNNError(f"--out {args.out!r} must end in one of {', '.join(PREVIEW_FORMATS)}")
+    values = {"data.dataset": args.dataset} if args.dataset else None
+    result = find_learning_rate(load_config(args.config, args.preset, args.set, values), start_lr=args.start_lr,
+                                end_lr=args.end_lr, steps=args.steps)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.figure().savefig(out, dpi=100)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2))
+    else:
+        print(f"suggested learning rate: {result.suggestion:.3g} ({len(result.losses)} steps in "
+              f"{result.seconds:.1f} s{', stopped at divergence' if result.stopped_early else ''})")
+        print(f"plot: {out}")
+    return EXIT_OK
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="search any config values with KerasTuner, then train the best in full")
+    p.add_argument("--config", help="TOML config file with a [tune.space] table")
+    p.add_argument("--preset", help="packaged preset name")
+    p.add_argument("--budget", help="wall time of the search, e.g. 90s, 30m, 2h (default: none)")
+    p.add_argument("--max-trials", type=int, help="trials to run at most (default 10)")
+    p.add_argument("--tuner", help="random (default) | bayesian | hyperband")
+    p.add_argument("--objective", help="val_accuracy (default) | val_loss | accuracy | loss")
+    p.add_argument("--direction", help="max | min (default: min for losses, max otherwise)")
+    p.add_argument("--output", help="folder the tune directory goes in (default saved_models)")
+    p.add_argument("--name", help="tune directory name (default tune-<dataset>-<time>)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing tune directory")
+    p.add_argument("--no-final", dest="final", action="store_false", default=None,
+                   help="skip the full run of the best config")
+    p.add_argument("--trial-process", action="store_true", default=None,
+                   help="run each trial in a fresh process (flat memory; a trial killed for memory is a failed trial)")
+    p.add_argument("--resume", metavar="TUNE_DIR", help="continue a killed or interrupted search")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config value, e.g. --set train.epochs=3 (repeatable)")
+    role = p.add_mutually_exclusive_group()
+    role.add_argument("--chief", action="store_true", help="serve the search's oracle to workers over gRPC")
+    role.add_argument("--worker", metavar="ID", help="run trials the chief hands out (a distinct ID a worker)")
+    p.add_argument("--oracle-ip", default="127.0.0.1", help="address of the chief's oracle (default 127.0.0.1)")
+    p.add_argument("--oracle-port", type=int, default=8000, help="port of the chief's oracle (default 8000)")
+
+
+def _add_lr_find(sub) -> None:
+    p = sub.add_parser("lr-find", help="learning-rate range test: suggest a rate and plot loss against rate")
+    p.add_argument("--config", help="TOML config file (its data, model and optimizer are tested)")
+    p.add_argument("--preset", help="packaged preset name")
+    p.add_argument("--dataset", help="dataset name, tfds:<name> or image-folder path (default digits)")
+    p.add_argument("--out", default="lr_find.png", help="plot to write (default lr_find.png)")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="first rate of the ramp (default 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="last rate of the ramp (default 10)")
+    p.add_argument("--steps", type=int, default=100, help="steps of the ramp (default 100)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config value, e.g. --set train.optimizer=sgd (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
 def cmd_config_reference(args) -> int:
     from kerascnn.config import config_reference
 
@@ -504,12 +602,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_autoencode(sub)
     _add_gan(sub)
     _add_style(sub)
+    _add_tune(sub)
+    _add_lr_find(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
             "datasets": cmd_datasets, "config-reference": cmd_config_reference, "augment-preview": cmd_augment_preview, "backbones": cmd_backbones,
-            "bench": cmd_bench, "serve": cmd_serve, "autoencode": cmd_autoencode, "gan": cmd_gan, "style": cmd_style}
+            "bench": cmd_bench, "serve": cmd_serve, "autoencode": cmd_autoencode, "gan": cmd_gan, "style": cmd_style,
+            "tune": cmd_tune, "lr-find": cmd_lr_find}
 
 
 def main(argv: list[str] | None = None) -> int:

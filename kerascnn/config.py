@@ -245,6 +245,7 @@ class ModelConfig:
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+LR_FIND = "find"  # train.learning_rate value that runs the learning-rate range test first
 SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")  # kerascnn.distribute.make_strategy
 
@@ -257,7 +258,8 @@ class TrainConfig:
         epochs: passes over the training data (default 20).
         batch_size: images per step (default 32).
         optimizer: adam | adamw | sgd | rmsprop (default adam).
-        learning_rate: peak learning rate (default 0.001).
+        learning_rate: peak learning rate, or "find": run the learning-rate range test
+            (`kerascnn lr-find`) first and train at its suggestion, recorded in the manifest (default 0.001).
         momentum: momentum for sgd and rmsprop (default 0.9).
         nesterov: Nesterov momentum for sgd (default False).
         weight_decay: decoupled weight decay for adamw (default 0.0001).
@@ -282,7 +284,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
     optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: str | float = 1e-3  # a number, or LR_FIND
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
@@ -302,7 +304,11 @@ class TrainConfig:
         _check(self.batch_size > 0, f"train.batch_size must be positive, got {self.batch_size}")
         _check(self.optimizer in OPTIMIZERS,
                f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        _check(self.learning_rate > 0, f"train.learning_rate must be positive, got {self.learning_rate}")
+        if isinstance(self.learning_rate, str):
+            _check(self.learning_rate == LR_FIND, f"train.learning_rate must be a positive number or {LR_FIND!r}, "
+                                                  f"got {self.learning_rate!r}{suggest(self.learning_rate, [LR_FIND])}")
+        else:
+            _check(self.learning_rate > 0, f"train.learning_rate must be positive, got {self.learning_rate}")
         _check(0.0 <= self.momentum < 1.0, f"train.momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.schedule in SCHEDULES,
@@ -411,6 +417,160 @@ class EvaluateConfig:
                f"evaluate.target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
         _check(self.tsne_sample >= 0, f"evaluate.tsne_sample must be >= 0 (0 skips t-SNE), got {self.tsne_sample}")
 
+TUNERS = ("random", "bayesian", "hyperband")
+OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")  # columns of a trial's history.csv
+DIRECTIONS = ("max", "min")
+SPACE_KINDS = ("log_uniform", "uniform", "int", "choice")
+UNTUNABLE_KEYS = ("run.name", "run.output", "run.overwrite")  # where a run goes is not a hyperparameter
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str, where: str = "duration") -> float:
+    """Seconds in "90s", "30m", "1.5h" or a plain number of seconds; ConfigError otherwise."""
+    raw = str(text).strip().lower()
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in _DURATION_UNITS else (raw, "s")
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise ConfigError(f"{where} must be a duration such as 90s, 30m or 2h, got {text!r}") from None
+    _check(math.isfinite(seconds) and seconds > 0, f"{where} must be a positive duration, got {text!r}")
+    return seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchDimension:
+    """One searched config key: `kind` is log_uniform | uniform | int (low, high, step) or choice (values)."""
+
+    key: str
+    kind: str
+    low: float | int | None = None
+    high: float | int | None = None
+    step: int | None = None
+    values: tuple = ()
+
+    def bounds(self) -> list:
+        """The values that span the range: both ends, or every choice (what validation builds configs for)."""
+        return list(self.values) if self.kind == "choice" else [self.low, self.high]
+
+
+def tunable_keys() -> list[str]:
+    """Every dotted config key a search may set (tables such as model.options take any sub-key)."""
+    keys = []
+    for section in dataclasses.fields(RunConfig):
+        if section.name != "tune":
+            keys += [f"{section.name}.{f.name}" for f in dataclasses.fields(typing.get_type_hints(RunConfig)[section.name])]
+    return [k for k in keys if k not in UNTUNABLE_KEYS]
+
+
+def _table_keys() -> set[str]:
+    hints = typing.get_type_hints(RunConfig)
+    return {f"{s.name}.{f.name}" for s in dataclasses.fields(RunConfig) if s.name != "tune"
+            for f in dataclasses.fields(hints[s.name]) if typing.get_type_hints(hints[s.name])[f.name] is dict}
+
+
+def parse_dimension(key: str, spec: Any) -> SearchDimension:
+    """Check one `[tune.space]` entry (`"train.learning_rate" = { log_uniform = [1e-4, 1e-2] }`)."""
+    where = f"tune.space.{key!r}"
+    keys = tunable_keys()
+    table = next((t for t in _table_keys() if key.startswith(t + ".") and len(key) > len(t) + 1), None)
+    if key not in keys and table is None:
+        hint = " (where a run goes is set by --output/--name)" if key in UNTUNABLE_KEYS else suggest(key, keys)
+        raise ConfigError(f"{where}: unknown config key {key!r}{hint}; search keys look like train.learning_rate")
+    _check(isinstance(spec, Mapping) and len(spec) == 1,
+           f"{where} must be a table with one of {', '.join(SPACE_KINDS)}, e.g. {{ uniform = [0.1, 0.5] }}")
+    kind, args = next(iter(spec.items()))
+    _check(kind in SPACE_KINDS, f"{where}: unknown kind {kind!r}{suggest(kind, SPACE_KINDS)}; "
+                                f"use one of {', '.join(SPACE_KINDS)}")
+    _check(isinstance(args, list) and len(args) > 0, f"{where}: {kind} needs a list, got {args!r}")
+    if kind == "choice":
+        _check(len({tomli_w.dumps({"v": v}) for v in args}) == len(args), f"{where}: choice lists a value twice")
+        return SearchDimension(key, kind, values=tuple(args))
+    numbers = all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    if kind == "int":
+        _check(len(args) in (2, 3) and all(isinstance(a, int) and not isinstance(a, bool) for a in args),
+               f"{where}: int needs [low, high] or [low, high, step] of integers, got {args!r}")
+        low, high, step = (*args, 1) if len(args) == 2 else args
+        _check(low <= high, f"{where}: the range [{low}, {high}] is empty (low > high)")
+        _check(step > 0, f"{where}: the step must be positive, got {step}")
+        return SearchDimension(key, kind, low, high, step)
+    _check(len(args) == 2 and numbers, f"{where}: {kind} needs [low, high] numbers, got {args!r}")
+    low, high = float(args[0]), float(args[1])
+    _check(math.isfinite(low) and math.isfinite(high), f"{where}: bounds must be finite, got {args!r}")
+    _check(low < high, f"{where}: the range [{args[0]}, {args[1]}] is empty (low must be below high)")
+    _check(kind != "log_uniform" or low > 0, f"{where}: log_uniform needs low > 0, got {args[0]}")
+    return SearchDimension(key, kind, low, high)
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """The hyperparameter search of `kerascnn tune` (ignored by `kerascnn train`).
+
+    Attributes:
+        space: the searched keys, any config key with a distribution, e.g.
+            `"train.learning_rate" = { log_uniform = [1e-4, 1e-2] }`, `"augment.rotation_range" =
+            { int = [0, 20, 5] }`, `"model.options.filters" = { choice = [[16, 32], [32, 64]] }`; the
+            kinds are log_uniform, uniform, int ([low, high] or [low, high, step]) and choice; every
+            other value is pinned by the config (default: empty).
+        tuner: KerasTuner's oracle: random | bayesian | hyperband (default random). Hyperband takes
+            train.epochs as its largest trial.
+        objective: history column a trial is scored by, at its best epoch: val_accuracy | val_loss |
+            accuracy | loss (default val_accuracy).
+        direction: max | min (default: min for losses, max otherwise).
+        max_trials: trials to run at most (default 10).
+        budget: wall time of the search, e.g. "90s", "30m", "2h"; the trial running when it ends is
+            stopped and no new trial starts; the final run comes after it (default: none).
+        max_failures: consecutive failed trials that end the search (default 3).
+        hyperband_factor: Hyperband's reduction factor between rounds (default 3).
+        trial_process: run each trial in a fresh Python process: the tune process's memory stays
+            flat and a trial killed by the system (e.g. out of memory) is recorded as failed; costs
+            TensorFlow's start-up and a data load per trial (default False: in this process, the Keras
+            session cleared after each trial).
+        final: after the search, train, evaluate and export the best config as a full run in
+            `<tune dir>/final` (default True; `--no-final` turns it off).
+    """
+
+    space: dict = dataclasses.field(default_factory=dict)
+    tuner: str = "random"
+    objective: str = "val_accuracy"
+    direction: str | None = None
+    max_trials: int | None = 10
+    budget: str | None = None
+    max_failures: int = 3
+    hyperband_factor: int = 3
+    trial_process: bool = False
+    final: bool = True
+
+    def __post_init__(self):
+        _check(self.tuner in TUNERS, f"tune.tuner: unknown tuner {self.tuner!r}{suggest(self.tuner, TUNERS)}; "
+                                     f"choose from {', '.join(TUNERS)}")
+        _check(self.objective in OBJECTIVES, f"tune.objective: unknown objective {self.objective!r}"
+               f"{suggest(self.objective, OBJECTIVES)}; choose from {', '.join(OBJECTIVES)}")
+        _check(self.direction is None or self.direction in DIRECTIONS,
+               f"tune.direction must be max or min, got {self.direction!r}")
+        _check(self.max_trials is None or self.max_trials > 0,
+               f"tune.max_trials must be positive, got {self.max_trials}")
+        if self.budget is not None:
+            parse_duration(self.budget, "tune.budget")
+        _check(self.max_failures > 0, f"tune.max_failures must be positive, got {self.max_failures}")
+        _check(self.hyperband_factor >= 2, f"tune.hyperband_factor must be >= 2, got {self.hyperband_factor}")
+        _check(self.max_trials is not None or self.budget is not None,
+               "tune.max_trials and tune.budget are both unset: the search would never end; set one")
+        for key, spec in self.space.items():
+            parse_dimension(key, spec)
+
+    @property
+    def dimensions(self) -> tuple[SearchDimension, ...]:
+        """The `[tune.space]` entries, parsed and checked."""
+        return tuple(parse_dimension(key, spec) for key, spec in self.space.items())
+
+    @property
+    def objective_direction(self) -> str:
+        return self.direction or ("min" if self.objective.endswith("loss") else "max")
+
+    @property
+    def budget_seconds(self) -> float | None:
+        return None if self.budget is None else parse_duration(self.budget, "tune.budget")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -428,6 +588,7 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
 
     def replace(self, section: str, **changes) -> "RunConfig":
         """A copy with `changes` applied to one section, validated again."""

@@ -28,13 +28,16 @@ import pandas as pd
 import tensorflow as tf
 
 from kerascnn import __version__
-from kerascnn.config import RunConfig, config_from_dict, merge, parse_override
+from kerascnn.config import LR_FIND, RunConfig, config_from_dict, merge, parse_override
 from kerascnn.data.augment import make_augment
 from kerascnn.data.datasets import ImageData, load_data
 from kerascnn.distribute import check_float32_output, is_chief, make_strategy, precision, strategy_name
 from kerascnn.errors import ConfigError, ModelLoadError, first_line
 from kerascnn.evaluation import evaluate, positive_class_index
 from kerascnn.export import export
+from kerascnn.lr_find import CSV_FILE as LR_FIND_CSV
+from kerascnn.lr_find import PLOT_FILE as LR_FIND_PLOT
+from kerascnn.lr_find import LRFindResult, lr_find, resolve_learning_rate
 from kerascnn.models.registry import build_model, check_builder_options
 from kerascnn.models.transfer import build_from_config, check_backbone_options
 from kerascnn.predict import load
@@ -118,8 +121,9 @@ def check_config(config: RunConfig) -> RunConfig:
         check_backbone_options(config.model.backbone, config.model.options)
     else:
         check_builder_options(config.model.name, config.model.options)
-    if config.model.transfer == "fine_tune":
-        fine_tune_configs(config.train)  # its two phases must both be valid TrainConfigs
+    if config.model.transfer == "fine_tune":  # its two phases must both be valid TrainConfigs
+        fine_tune_configs(config.train if config.train.learning_rate != LR_FIND else
+                          dataclasses.replace(config.train, learning_rate=1e-3))  # "find" is a number by then
     return config
 
 
@@ -188,18 +192,22 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
             check_float32_output(model, data.input_shape, config.model.name)
     positive_class_index(data.class_names, config.evaluate.positive_class)  # a typo fails before training
     augment = make_augment(config.augment, seed=config.run.seed, data=data)
+    config, finder = resolve_learning_rate(config, model, data, augment)  # train.learning_rate = "find"
     if chief:
         check_free_space(run_dir, model)
         if resume is None:
             if run_dir.exists():  # --overwrite was given: the old run goes only now that inputs are known good
                 shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True)
-            write_text_atomically(run_dir / CONFIG_FILE, config.to_toml())
+            write_text_atomically(run_dir / CONFIG_FILE, config.to_toml())  # with the rate lr-find chose
+        if finder is not None:
+            write_atomically(run_dir / LR_FIND_CSV, lambda path: finder.frame().to_csv(path, index=False))
+            write_atomically(run_dir / LR_FIND_PLOT, lambda path: finder.figure().savefig(path, dpi=100))
         if data.folder_scan is not None:
             write_atomically(run_dir / SKIPPED_FILES_CSV, data.folder_scan.write_skipped)
     work_dir = run_dir or Path(tempfile.mkdtemp(prefix="kerascnn-worker-"))
     train_config = config.train if chief else dataclasses.replace(config.train, verbose=0)  # the chief reports
-    fit = partial(fine_tune, unfreeze=config.model.unfreeze) if config.model.transfer == "fine_tune" else train
+    fit = fit_function(config)
     try:
         if resume is not None and (run_dir / TRAINED_MODEL).is_file():  # training had finished: export only
             model = load_keras_model(run_dir / TRAINED_MODEL, unsafe)
@@ -216,6 +224,8 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         artifacts = export(model, run_dir, data, config.export)
         distribution = {"strategy": strategy_name(strategy), "num_replicas_in_sync": result.num_replicas_in_sync,
                         "global_batch_size": result.global_batch_size}
+        if finder is not None:
+            distribution["learning_rate"] = {"value": config.train.learning_rate, "found_by": finder.summary()}
         manifest = run_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run,
                                   artifacts, distribution, resumed=resume is not None)
     except KeyboardInterrupt:
@@ -227,6 +237,23 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
     report = write_report(run_dir, data, model, config.evaluate, seed=config.run.seed) if config.evaluate.report else None
     return RunResult(run_dir=run_dir, model=model, data=data, test_metrics=test_metrics, manifest=manifest,
                      report=report)
+
+
+def find_learning_rate(config: RunConfig, **options) -> LRFindResult:
+    """The learning-rate range test (`kerascnn lr-find`) on the configured data, model and optimizer;
+    `options` go to `kerascnn.lr_find.lr_find` (start_lr, end_lr, steps)."""
+    check_config(config)
+    keras.utils.set_random_seed(config.run.seed)
+    data = load_data(config.data, seed=config.run.seed)
+    model = make_model(config, data)
+    augment = make_augment(config.augment, seed=config.run.seed, data=data)
+    return lr_find(model, data, config.train, seed=config.run.seed, shuffle_buffer=config.data.shuffle_buffer,
+                   augment=augment, **options)
+
+
+def fit_function(config: RunConfig):
+    """`train`, or fastai-style two-phase `fine_tune` for model.transfer = fine_tune (same arguments)."""
+    return partial(fine_tune, unfreeze=config.model.unfreeze) if config.model.transfer == "fine_tune" else train
 
 
 def make_model(config: RunConfig, data: ImageData) -> keras.Model:

@@ -116,7 +116,8 @@ def make_callbacks(config: TrainConfig, run_dir: Path | None, resume: ResumeStat
 
 def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None, run_dir: Path | None = None,
           seed: int = 42, cache: bool = True, shuffle_buffer: int = 10000, augment=None,
-          continue_from: TrainResult | None = None, resume: bool = False) -> TrainResult:
+          continue_from: TrainResult | None = None, resume: bool = False,
+          extra_callbacks: list | None = None) -> TrainResult:
     """Compile and fit `model` on `data.train`, validating on `data.validation`.
 
     Args:
@@ -131,6 +132,7 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
         continue_from: an earlier TrainResult of this model (e.g. fine-tuning's head phase): epochs are
             numbered on from it and the returned result covers both.
         resume: continue the interrupted fit whose backup and history are in `run_dir` (default False).
+        extra_callbacks: Keras callbacks run after kerascnn's own (e.g. the tuner's wall-time deadline).
 
     The model trains under the tf.distribute strategy it was built in (`model.distribute_strategy`):
     `config.batch_size` is per replica, and each step takes that times the number of replicas.
@@ -162,7 +164,7 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
     if run_dir is not None and not resume:  # BackupAndRestore would silently continue a stale backup
         shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
     first_epoch = continue_from.epochs_run if continue_from else 0
-    callbacks = make_callbacks(config, run_dir, state, continue_from)
+    callbacks = make_callbacks(config, run_dir, state, continue_from) + list(extra_callbacks or [])
     start = time.perf_counter()
     if needs_custom_loop(strategy):
         history = fit_distributed(model, distribute_dataset(strategy, data.train, train_batches, global_batch, True),
