@@ -1,7 +1,7 @@
 """kerascnn: from a folder of images to a trained CNN and deployable, verified artifacts.
 
 Public API (each stage usable alone):
-    load_data, from_arrays  -> ImageData (train/validation/test tf.data splits)
+    load_data, from_arrays, from_dataframe -> ImageData (train/validation/test tf.data splits)
     make_augment            -> random training-batch augmentation (ImageDataGenerator's parameters)
     build_model, list_models -> a Keras model taking raw pixels, returning probabilities
     train                   -> fit with checkpoints, early stopping, history
@@ -22,7 +22,7 @@ _PUBLIC = {
     "RunConfig": "kerascnn.config", "load_config": "kerascnn.config", "AugmentConfig": "kerascnn.config",
     "make_augment": "kerascnn.data.augment",
     "ImageData": "kerascnn.data.datasets", "from_arrays": "kerascnn.data.datasets",
-    "load_data": "kerascnn.data.datasets",
+    "load_data": "kerascnn.data.datasets", "from_dataframe": "kerascnn.data.table",
     "build_model": "kerascnn.models", "list_models": "kerascnn.models",
     "train": "kerascnn.training", "evaluate": "kerascnn.evaluation", "export": "kerascnn.export",
     "Predictor": "kerascnn.predict", "load": "kerascnn.predict",

@@ -150,6 +150,12 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2))
         return EXIT_OK
+    if metrics.get("multi_label"):
+        print(f"{metrics['artifact']} on {metrics['dataset']} ({metrics['n']} test images, multi-label): subset "
+              f"accuracy {metrics['subset_accuracy']:.4f}, Hamming loss {metrics['hamming_loss']:.4f}, mAP "
+              f"{metrics['mean_average_precision']:.4f}, micro F1 {metrics['micro_f1']:.4f}")
+        print(f"report: {report.html_path}")
+        return EXIT_OK
     auc = ", ".join(f"{key} {value:.4f}" for key, value in metrics["roc_auc"].items() if value is not None)
     print(f"{metrics['artifact']} on {metrics['dataset']} ({metrics['n']} test images): accuracy "
           f"{metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, ROC AUC {auc or 'n/a'}")
@@ -198,8 +204,15 @@ def cmd_predict(args) -> int:
     paths = image_paths(args.images)
     if not paths:
         raise KerasCNNError("no images (.png, .jpg, .jpeg, .bmp, .gif) found in the given folders")
-    rows = [{"image": str(path), "predictions": [{"class": c, "probability": round(p, 6)} for c, p in top]}
-            for path, top in zip(paths, predictor.predict(paths, top_k=args.top_k))]
+    if predictor.multi_label:  # every label over its class's threshold, highest score first
+        thresholds = dict(zip(predictor.class_names, predictor.thresholds))
+        rows = [{"image": str(path), "labels": [c for c, _ in found],
+                 "predictions": [{"class": c, "probability": round(p, 6), "threshold": round(thresholds[c], 6)}
+                                 for c, p in found]}
+                for path, found in zip(paths, predictor.predict_labels(paths))]
+    else:
+        rows = [{"image": str(path), "predictions": [{"class": c, "probability": round(p, 6)} for c, p in top]}
+                for path, top in zip(paths, predictor.predict(paths, top_k=args.top_k))]
     if args.json:
         print(json.dumps(rows, indent=2))
     elif args.csv:

@@ -41,7 +41,7 @@ from kerascnn.data.decode import decode_encoded_image
 from kerascnn.errors import ConfigError, DataError, ExportError
 from kerascnn.evaluation import predict_split
 from kerascnn.models.registry import model_input_shape
-from kerascnn.predict import ARTIFACT_METADATA_KEY, Predictor
+from kerascnn.predict import ARTIFACT_METADATA_KEY, ARTIFACT_METADATA_FILE, Predictor
 
 FLOAT_TOLERANCE = 1e-4
 TIE_TOLERANCE = 1e-6
@@ -62,6 +62,7 @@ class ExportContext:
     data: ImageData
     config: ExportConfig
     scratch: Path
+    thresholds: list[float] | None = None
 
     @functools.cached_property
     def plain_saved_model(self) -> str:
@@ -125,12 +126,16 @@ def write_saved_model(model: keras.Model, path: Path, context: ExportContext) ->
     # server still names its classes for `kerascnn.load`.
     (path / "assets.extra").mkdir(exist_ok=True)
     (path / "assets.extra" / "labels.txt").write_text("\n".join(context.class_names) + "\n", encoding="utf-8")
+    (path / "assets.extra" / ARTIFACT_METADATA_FILE).write_text(artifact_metadata(context, "saved_model"), encoding="utf-8")
 
 
 def artifact_metadata(context: ExportContext, variant: str) -> str:
     """JSON that single-file artifacts carry so they name their classes without labels.txt."""
-    return json.dumps({"class_names": context.class_names, "input_shape": list(context.data.input_shape),
-                       "variant": variant, "kerascnn_version": __version__})
+    metadata = {"class_names": context.class_names, "input_shape": list(context.data.input_shape),
+                "variant": variant, "kerascnn_version": __version__}
+    if context.thresholds is not None:  # multi-label: the per-class decision thresholds travel with the file
+        metadata.update(multi_label=True, thresholds=[float(t) for t in context.thresholds])
+    return json.dumps(metadata)
 
 
 def embed_metadata(flatbuffer: bytes, context: ExportContext, variant: str) -> bytes:
@@ -263,14 +268,19 @@ def parity(model: keras.Model, predictor: Predictor, data: ImageData, batch_size
                                                   batch_size)
     got, _ = predict_split(lambda images: predictor.predict_proba(images, batch_size), data, "test", batch_size)
     expected = np.asarray(expected)
-    accuracy = float((got.argmax(1) == labels).mean())
+    if labels.ndim == 2:  # multi-hot: the accuracy of the label decisions at 0.5 (binary accuracy)
+        accuracy = float(((got >= 0.5) == (labels >= 0.5)).mean())
+        accuracy_drop = float(((expected >= 0.5) == (labels >= 0.5)).mean()) - accuracy
+    else:
+        accuracy = float((got.argmax(1) == labels).mean())
+        accuracy_drop = float((expected.argmax(1) == labels).mean()) - accuracy
     # A class the model itself scores within TIE_TOLERANCE of its top class is a numerical tie: an
     # artifact that picks it agrees (seen on barely trained models: flips at |dp| = 3e-8).
     their_pick = np.take_along_axis(expected, got.argmax(1)[:, None], axis=1)[:, 0]
     agrees = their_pick >= expected.max(1) - TIE_TOLERANCE
     return {"top1_agreement": float(agrees.mean()),
             "max_abs_diff": float(np.abs(expected - got).max()), "n": len(labels), "accuracy": accuracy,
-            "accuracy_drop": float((expected.argmax(1) == labels).mean()) - accuracy}
+            "accuracy_drop": accuracy_drop}
 
 
 def judge(name: str, check: dict, exact: bool) -> dict:
@@ -352,13 +362,15 @@ def _relative_sizes(artifacts: dict, run_dir: Path) -> None:
         entry["size_vs_tflite_float32"] = round(entry["bytes"] / base, 4) if base else None
 
 
-def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: ExportConfig | None = None) -> dict:
+def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: ExportConfig | None = None,
+           thresholds: list[float] | None = None) -> dict:
     """Write, reload and verify every artifact `config` asks for; return the manifest's `artifacts`.
 
     Each entry (keyed by the path relative to `run_dir`, or absolute for a SavedModel in a serving
     root elsewhere): `bytes`, `sha256`, `size_vs_tflite_float32` and `parity` (`top1_agreement`,
     `max_abs_diff`, `n`, `accuracy`, `accuracy_drop`, `criterion`, `passed`, and `warning` when a
-    quantized variant misses its bar). The SavedModel goes to the next integer version of
+    quantized variant misses its bar). A multi-label model's `thresholds` (one a class) are embedded
+    in the .tflite/.onnx metadata and the SavedModel's assets.extra. The SavedModel goes to the next integer version of
     `config.serving_root` (default `run_dir/saved_model`). Raises ExportError, leaving existing files
     untouched, if a float artifact disagrees with the model on any test image; DataError if int8 is
     asked for without training images to calibrate on.
@@ -375,7 +387,7 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=run_dir))
     try:
         (staging / "labels.txt").write_text("\n".join(data.class_names) + "\n", encoding="utf-8")
-        context = ExportContext(model, list(data.class_names), data, config, staging / ".scratch")
+        context = ExportContext(model, list(data.class_names), data, config, staging / ".scratch", thresholds)
         reference = predict_split(lambda images: model(images, training=False), data)
         checks = {}
         for name, spec in planned.items():

@@ -43,7 +43,10 @@ class ImageData:
         counts: number of images in each split.
         arrays: the numpy arrays behind each split for in-memory sources (None for streamed ones).
         files: the image paths and labels behind each split for image folders (None otherwise).
-        folder_scan: for image folders, what the scan found and skipped (a `FolderScan`; None otherwise).
+        folder_scan: for image folders and label tables, what the scan found and skipped (a
+            `FolderScan`; None otherwise).
+        multi_label: labels are float32 multi-hot rows (several classes an image) instead of int32
+            class indices; the model then ends in sigmoids (default False).
     """
 
     name: str
@@ -56,6 +59,7 @@ class ImageData:
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     files: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     folder_scan: FolderScan | None = None
+    multi_label: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -139,6 +143,8 @@ def describe_sources() -> list[tuple[str, str]]:
     rows = [(name, source.description) for name, source in DATASETS.items()]
     rows.append(("tfds:<name>", "any tensorflow-datasets image classification dataset"))
     rows.append(("<folder path>", "an image folder root/<class>/<image> (png, jpg, bmp, gif), streamed from disk"))
+    rows.append(("<table>.csv", "a label table filename,label (or filename,labels: multi-label) beside its images "
+                                "or under data.image_root"))
     return rows
 
 
@@ -198,6 +204,8 @@ def from_arrays(x_train, y_train, x_test=None, y_test=None, class_names=None, co
     if class_names is None:
         class_names = [str(i) for i in range(int(y_train.max()) + 1)]
     class_names = list(class_names)
+    if config.deduplicate:
+        x_train, y_train, x_test, y_test = _deduplicate(x_train, y_train, x_test, y_test, name)
     if x_test is None:
         keep, labels, class_names = select_classes(y_train, config.classes, class_names)
         x_all, y_all = x_train[keep], labels[keep]
@@ -224,6 +232,28 @@ def from_arrays(x_train, y_train, x_test=None, y_test=None, class_names=None, co
                      counts={split: len(y) for split, (_, y) in arrays.items()}, arrays=arrays, **splits)
 
 
+def _deduplicate(x_train, y_train, x_test, y_test, name: str):
+    """`data.deduplicate` for arrays: the first of each set of identical images, and no test image that
+    equals a training image."""
+    import logging
+
+    from kerascnn.data.duplicates import array_hash, first_of_each
+
+    hashes = [array_hash(image) for image in x_train]
+    keep = first_of_each(hashes)
+    dropped = int((~keep).sum())
+    x_train, y_train = x_train[keep], y_train[keep]
+    if x_test is not None:
+        seen = {h for h, k in zip(hashes, keep) if k}
+        test_hashes = [array_hash(image) for image in np.asarray(x_test)]
+        fresh = first_of_each(test_hashes) & np.array([h not in seen for h in test_hashes], bool)
+        dropped += int((~fresh).sum())
+        x_test, y_test = np.asarray(x_test)[fresh], np.asarray(y_test)[fresh]
+    if dropped:
+        logging.getLogger(__name__).warning("data.deduplicate: dropped %d duplicate images of %s", dropped, name)
+    return x_train, y_train, x_test, y_test
+
+
 def _check_classes(labels: np.ndarray, class_names: list[str], name: str) -> None:
     present = np.unique(labels)
     if len(present) < 2:
@@ -244,7 +274,7 @@ def _array_dataset(x: np.ndarray, y: np.ndarray, image_size: tuple[int, int]) ->
 
 
 def load_data(config: DataConfig | str = "digits", seed: int = 42) -> ImageData:
-    """Load a dataset by name, `tfds:<name>` or folder path, split into train/validation/test.
+    """Load a dataset by name, `tfds:<name>`, folder path or label CSV, split into train/validation/test.
 
     Args:
         config: a DataConfig or just the dataset string (default "digits").
@@ -256,6 +286,10 @@ def load_data(config: DataConfig | str = "digits", seed: int = 42) -> ImageData:
     if isinstance(config, str):
         config = DataConfig(dataset=config)
     dataset = config.dataset
+    from kerascnn.data.table import load_table, table_path
+
+    if table_path(config) is not None:
+        return load_table(config, seed)
     if dataset.startswith("tfds:"):
         from kerascnn.data.tfds_source import load_tfds
 
