@@ -9,6 +9,7 @@ Public API (each stage usable alone):
     export                  -> .keras, .h5, SavedModel, TFLite, each checked for parity
     load                    -> a Predictor over any artifact
     run, load_config        -> the whole path from a config
+    inspect                 -> a dataset audit: counts, duplicates and leakage, label-error candidates
 
 Names are imported on first use, so `import kerascnn` (and the CLI's start) does not pay for
 TensorFlow until a stage needs it.
@@ -26,7 +27,7 @@ _PUBLIC = {
     "build_model": "kerascnn.models", "list_models": "kerascnn.models",
     "train": "kerascnn.training", "evaluate": "kerascnn.evaluation", "export": "kerascnn.export",
     "Predictor": "kerascnn.predict", "load": "kerascnn.predict",
-    "RunResult": "kerascnn.runner", "run": "kerascnn.runner",
+    "RunResult": "kerascnn.runner", "run": "kerascnn.runner", "inspect": "kerascnn.audit",
 }
 __all__ = sorted(_PUBLIC) + ["__version__"]
 

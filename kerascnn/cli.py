@@ -1,4 +1,4 @@
-"""`kerascnn` command line: train | evaluate | export | predict | datasets | augment-preview | bench.
+"""`kerascnn` command line: train | evaluate | export | predict | inspect | datasets | augment-preview | bench.
 
 Errors a user can fix are one line on stderr with exit code 2 (1 for a failed export or training);
 `--debug` shows the traceback. TensorFlow's start-up chatter is silenced unless `--debug`.
@@ -319,6 +319,42 @@ def _add_bench(sub) -> None:
         bench.add_arguments(q)
 
 
+def cmd_inspect(args) -> int:
+    from kerascnn.audit import inspect, summary_lines
+
+    overrides = list(args.set) + (["data.strict=true"] if args.strict else [])
+    audit = inspect(args.dataset, overrides, seed=args.seed, folds=args.folds, label_issues=args.label_issues,
+                    near_duplicates=args.near_duplicates)
+    if args.output:
+        audit.save(args.output)
+    if args.json:
+        print(json.dumps(audit.result, indent=2))
+        return EXIT_OK
+    for line in summary_lines(audit.result):
+        print(line)
+    if args.output:
+        print(f"audit: {audit.folder / 'audit.html'}")
+    return EXIT_OK
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="audit a dataset: counts, sizes, unreadable files, duplicates and leakage "
+                                       "across splits, label-error candidates (cleanlab)")
+    p.add_argument("dataset", help="dataset name, image-folder path or label CSV")
+    p.add_argument("--json", action="store_true", help="print the audit as one JSON object")
+    p.add_argument("--output", metavar="DIR", help="write audit.html, audit.json, duplicates.csv, label_issues.csv, "
+                                                   "unreadable.csv and label_issues.png into DIR")
+    p.add_argument("--seed", type=int, default=42, help="seed of the splits, as run.seed in training (default 42)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the quick model (default 5)")
+    p.add_argument("--no-label-issues", dest="label_issues", action="store_false",
+                   help="skip the label-error search")
+    p.add_argument("--no-near-duplicates", dest="near_duplicates", action="store_false",
+                   help="look for exact duplicates only")
+    p.add_argument("--strict", action="store_true", help="stop on unusable files or rows instead of listing them")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a data setting, e.g. --set data.image_root=images (repeatable)")
+
+
 def cmd_config_reference(args) -> int:
     from kerascnn.config import config_reference
 
@@ -362,12 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbones", help="list the pre-trained backbones for --backbone")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects (name, default_size, min_size, ...)")
     _add_bench(sub)
+    _add_inspect(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
             "datasets": cmd_datasets, "config-reference": cmd_config_reference, "augment-preview": cmd_augment_preview, "backbones": cmd_backbones,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "inspect": cmd_inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# Pixel comparison of a candidate pair: both images in grayscale at COMPARE_SIZE, scaled to 0..1 and
-# standardised (so a brightness or contrast change of a re-encoded copy does not hide it); a pair is a
-# near duplicate when the mean absolute difference is at most MAX_PIXEL_DIFFERENCE (in standard units).
-COMPARE_SIZE = (32, 32)
-MAX_PIXEL_DIFFERENCE = 0.12
+# Pixel comparison of a candidate pair, in grayscale 0..1 at a common size: the smaller image's size
+# (at most COMPARE_SIZE, so JPEG noise averages out on photos), the larger one shrunk to it (box
+# filter); when the sizes differ, also the smaller one enlarged to the larger's size with each common
+# resampling filter, so an enlarged copy matches the filter that made it. The pair is a near
+# duplicate when the smallest mean absolute difference is at most MAX_PIXEL_DIFFERENCE. Measured on
+# scikit-learn's digits: copies enlarged by any PIL filter differ by 0, enlarged and JPEG-encoded
+# (quality >= 60) by <= 0.011, JPEG quality 90 at 8x8 by <= 0.012; the closest two distinct digits by
+# 0.0157; JPEG quality 75 at 8x8 (up to 0.03) is out of reach without false positives.
+COMPARE_SIZE = 64
+MAX_PIXEL_DIFFERENCE = 0.0125
+UPSCALE_FILTERS = (Image.Resampling.NEAREST, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC,
+                   Image.Resampling.LANCZOS)
 PHASH_DISTANCE = 10
 
 
@@ -73,10 +80,29 @@ def as_pil(image) -> Image.Image:
     return Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels)
 
 
-def comparable(image: Image.Image) -> np.ndarray:
-    """The image as the pixel comparison sees it: grayscale, COMPARE_SIZE, standardised, flattened."""
-    pixels = np.asarray(image.convert("L").resize(COMPARE_SIZE, Image.Resampling.BILINEAR), np.float32) / 255.0
-    return ((pixels - pixels.mean()) / (pixels.std() + 0.05)).ravel()
+def thumbnail(image: Image.Image) -> Image.Image:
+    """The grayscale image the pixel comparison reads: at most COMPARE_SIZE on its longer side."""
+    gray = image.convert("L")
+    if max(gray.size) > COMPARE_SIZE:
+        scale = COMPARE_SIZE / max(gray.size)
+        gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))),
+                           Image.Resampling.BOX)
+    return gray
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, np.float32) / 255.0
+
+
+def pixel_difference(a: Image.Image, b: Image.Image) -> float:
+    """Mean absolute difference (0..1) of two grayscale thumbnails at a common size (see COMPARE_SIZE)."""
+    if a.width * a.height > b.width * b.height:
+        a, b = b, a
+    differences = [float(np.abs(_pixels(b.resize(a.size, Image.Resampling.BOX)) - _pixels(a)).mean())]
+    if a.size != b.size:
+        target = _pixels(b)
+        differences += [float(np.abs(_pixels(a.resize(b.size, f)) - target).mean()) for f in UPSCALE_FILTERS]
+    return min(differences)
 
 
 def near_duplicate_pairs(images: list, max_distance: int = PHASH_DISTANCE,
@@ -87,19 +113,21 @@ def near_duplicate_pairs(images: list, max_distance: int = PHASH_DISTANCE,
     Args:
         images: file paths or H x W (x C) arrays.
         max_distance: largest pHash Hamming distance (of 64 bits) that makes a pair a candidate.
-        max_difference: largest mean absolute difference of the standardised pixels that confirms it.
+        max_difference: largest mean absolute pixel difference (0..1) that confirms it.
     """
     import imagehash
 
     pils = [as_pil(image) for image in images]
+    if len(pils) < 2:
+        return [], 0
     bits = np.stack([imagehash.phash(image).hash.ravel() for image in pils]).astype(np.uint8)
-    pixels = np.stack([comparable(image) for image in pils]) if pils else np.zeros((0, 0))
+    thumbs = [thumbnail(image) for image in pils]
     pairs, candidates = [], 0
     for i in range(len(bits) - 1):  # Hamming distances of one hash against all later ones, vectorised
         distance = (bits[i + 1:] != bits[i]).sum(axis=1)
         for j in np.flatnonzero(distance <= max_distance) + i + 1:
             candidates += 1
-            difference = float(np.abs(pixels[i] - pixels[j]).mean())
+            difference = pixel_difference(thumbs[i], thumbs[j])
             if difference <= max_difference:
                 pairs.append((i, int(j), difference))
     return pairs, candidates
