@@ -29,20 +29,28 @@ def _target_of(target: float | Mapping[str, float], name: str) -> float:
 
 
 def choose_threshold(scores: np.ndarray, truth: np.ndarray, rule: str = "max_f1", target: float = 0.9) -> float:
-    """One class's threshold (call it when score >= threshold) read off scikit-learn's PR curve."""
-    truth = np.asarray(truth).astype(bool)
+    """One class's threshold (call it when score >= threshold) read off scikit-learn's PR curve.
+
+    The rule picks a validation score; the threshold is set halfway down to the next lower validation
+    score, which makes the same decisions on the validation split with a margin on both sides (a
+    threshold at a saturated score such as 0.9996 would be out of reach of a quantized artifact).
+    """
+    scores, truth = np.asarray(scores, np.float64), np.asarray(truth).astype(bool)
     if truth.all() or not truth.any():
         return DEFAULT_THRESHOLD
     precision, recall, thresholds = precision_recall_curve(truth, scores)
     precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
     if rule == "max_f1":
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-        return float(thresholds[int(np.argmax(f1))])
-    if rule == "precision":
+        chosen = thresholds[int(np.argmax(f1))]  # the lowest threshold of the best F1
+    elif rule == "precision":
         reached = np.flatnonzero(precision >= target)
-        return float(thresholds[reached[0]] if len(reached) else thresholds[-1])
-    reached = np.flatnonzero(recall >= target)  # recall falls as the threshold rises
-    return float(thresholds[reached[-1]] if len(reached) else thresholds[0])
+        chosen = thresholds[reached[0]] if len(reached) else thresholds[-1]
+    else:
+        reached = np.flatnonzero(recall >= target)  # recall falls as the threshold rises
+        chosen = thresholds[reached[-1]] if len(reached) else thresholds[0]
+    below = scores[scores < chosen]
+    return float((chosen + below.max()) / 2 if len(below) else chosen)
 
 
 def choose_thresholds(scores: np.ndarray, targets: np.ndarray, class_names: list[str], rule: str = "max_f1",

@@ -43,7 +43,7 @@ def _columns(frame: pd.DataFrame, source: str, strict: bool) -> tuple[str, str]:
     file_column = next((c for c in FILE_COLUMNS if c in names), None)
     label_column = next((c for c in LABEL_COLUMNS if c in names), None)
     if file_column is None or label_column is None:
-        missing = "a file-name column (filename)" if file_column is None else "a label column (label or labels)"
+        missing = "file-name column (filename)" if file_column is None else "label column (label or labels)"
         unknown = [c for c in names if c not in FILE_COLUMNS + LABEL_COLUMNS]
         hint = next((suggest(c, FILE_COLUMNS + LABEL_COLUMNS) for c in unknown if suggest(c, FILE_COLUMNS + LABEL_COLUMNS)),
                     "")
