@@ -186,8 +186,9 @@ def cmd_export(args) -> int:
     if args.serving_root:
         merge(settings, ["export", "serving_root"], args.serving_root)
     config = config_from_dict(settings)
-    model = load(run_dir / "model.keras").runtime.model
-    artifacts = export(model, run_dir, load_data(config.data, seed=config.run.seed), config.export)
+    predictor = load(run_dir / "model.keras")
+    artifacts = export(predictor.runtime.model, run_dir, load_data(config.data, seed=config.run.seed), config.export,
+                       predictor.thresholds)  # a multi-label run's thresholds, from its manifest
     manifest_path = run_dir / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

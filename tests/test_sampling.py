@@ -67,3 +67,16 @@ def test_training_with_class_weight_and_sampling():
     result = train(model, data, TrainConfig(epochs=1, verbose=0, class_weight="balanced", tensorboard=False),
                    sampling="balanced")
     assert np.isfinite(result.history["loss"]).all()
+
+
+def test_class_weight_and_sampling_settings_are_checked():
+    from kerascnn.config import load_config
+
+    assert load_config(overrides=["train.class_weight=balanced"]).train.class_weight == "balanced"
+    assert load_config(overrides=["train.class_weight={cat = 2.0}"]).train.class_weight == {"cat": 2.0}
+    with pytest.raises(ConfigError, match="did you mean 'balanced'"):
+        load_config(overrides=["train.class_weight=balancd"])
+    with pytest.raises(ConfigError, match="data.sampling: unknown sampling 'balance'.*did you mean 'balanced'"):
+        load_config(overrides=["data.sampling=balance"])
+    with pytest.raises(ConfigError, match="weights >= 0"):
+        load_config(overrides=["train.class_weight={cat = -1}"])
