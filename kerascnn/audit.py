@@ -38,9 +38,10 @@ from PIL import Image
 
 from kerascnn import plots
 from kerascnn.config import DataConfig, RunConfig, load_config
-from kerascnn.data.datasets import ImageData, load_data
-from kerascnn.data.duplicates import (PHASH_DISTANCE, MAX_PIXEL_DIFFERENCE, as_pil, exact_groups, groups_of_pairs,
+from kerascnn.data.datasets import load_data
+from kerascnn.data.duplicates import (MAX_PIXEL_DIFFERENCE, PHASH_DISTANCE, as_pil, exact_groups, groups_of_pairs,
                                       near_duplicate_pairs, split_hashes)
+from kerascnn.data.imagedata import ImageData
 from kerascnn.data.sampling import counts_per_class
 from kerascnn.errors import DataError
 from kerascnn.rundir import write_bytes_atomically, write_json_atomically, write_text_atomically

@@ -124,28 +124,20 @@ def print_artifacts(artifacts: dict) -> None:
             print(f"WARNING: {entry['parity']['warning']}")
 
 
-def _run_config(run_dir: Path, overrides: list[str] = (), values: dict | None = None):
-    from kerascnn.config import load_config
-
-    if not (run_dir / "config.toml").is_file():
-        raise KerasCNNError(f"{str(run_dir)!r} is not a kerascnn run directory (no config.toml); pass a folder "
-                            f"written by `kerascnn train`")
-    return load_config(run_dir / "config.toml", overrides=overrides, values=values)
-
-
 # `kerascnn evaluate` flag -> dotted config key.
 EVALUATE_FLAGS = {"dataset": "data.dataset", "target_sensitivity": "evaluate.target_sensitivity",
                   "positive_class": "evaluate.positive_class"}
 
 
 def cmd_evaluate(args) -> int:
-    run_dir = Path(args.run_dir)
+    from kerascnn.rundir import read_run_config
+
     values = {key: getattr(args, flag) for flag, key in EVALUATE_FLAGS.items() if getattr(args, flag) is not None}
-    config = _run_config(run_dir, args.set, values)
+    config = read_run_config(args.run_dir, args.set, values)  # a bad run directory or value fails before TF loads
 
-    from kerascnn.report import evaluate_run
+    from kerascnn.runner import evaluate_run
 
-    report = evaluate_run(run_dir, args.artifact, config, unsafe=args.unsafe)
+    report = evaluate_run(args.run_dir, args.artifact, config, unsafe=args.unsafe)
     metrics = report.metrics
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -172,29 +164,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from kerascnn.config import config_from_dict, merge, parse_override
-    from kerascnn.data.datasets import load_data
-    from kerascnn.export import export
-    from kerascnn.predict import load
-    from kerascnn.resume import write_text_atomically
+    from kerascnn.rundir import read_run_config
 
-    run_dir = Path(args.run_dir)
-    config = _run_config(run_dir)
-    settings = config.to_dict()
-    for text in args.set:
-        merge(settings, *parse_override(text))
-    if args.serving_root:
-        merge(settings, ["export", "serving_root"], args.serving_root)
-    config = config_from_dict(settings)
-    predictor = load(run_dir / "model.keras")
-    artifacts = export(predictor.runtime.model, run_dir, load_data(config.data, seed=config.run.seed), config.export,
-                       predictor.thresholds)  # a multi-label run's thresholds, from its manifest
-    manifest_path = run_dir / "manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        manifest["artifacts"] = {**manifest.get("artifacts", {}), **artifacts}
-        write_text_atomically(manifest_path, json.dumps(manifest, indent=2) + "\n")
-    print_artifacts(artifacts)
+    read_run_config(args.run_dir, args.set)  # a bad run directory or override fails before TensorFlow loads
+
+    from kerascnn.runner import export_run
+
+    print_artifacts(export_run(args.run_dir, args.set, args.serving_root))
     return EXIT_OK
 
 
@@ -269,8 +245,6 @@ PREVIEW_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 
 
 def cmd_augment_preview(args) -> int:
-    import dataclasses
-
     from kerascnn.config import load_config
 
     out = Path(args.out)
@@ -279,20 +253,13 @@ def cmd_augment_preview(args) -> int:
     if args.images < 1 or args.variants < 1:
         raise KerasCNNError("--images and --variants must be at least 1")
     config = load_config(args.config, args.preset, args.set, {"data.dataset": args.dataset} if args.dataset else None)
-
-    from kerascnn.data.augment import SEED_AUGMENTATION, make_augment, save_preview
-    from kerascnn.data.datasets import load_data
-
-    augment_config = config.augment
-    if not augment_config.enabled:
-        augment_config = dataclasses.replace(SEED_AUGMENTATION, backend=augment_config.backend)
-        print("no augmentation configured: showing the seeds' ImageDataGenerator parameters "
+    if not config.augment.enabled:
+        print("no augmentation configured: showing the course notes' ImageDataGenerator parameters "
               "(rotation 20, shifts 0.1, shear 10, zoom 0.1, horizontal flip)", file=sys.stderr)
-    data = load_data(config.data, seed=config.run.seed)
-    images, labels = next(data.train.batch(args.images).as_numpy_iterator())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_preview(images, [data.class_names[label] for label in labels], make_augment(augment_config, config.run.seed),
-                 out, variants=args.variants)
+
+    from kerascnn.data.augment import write_preview
+
+    write_preview(config, out, images=args.images, variants=args.variants)
     print(f"augmentation preview: {out}")
     return EXIT_OK
 

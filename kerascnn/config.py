@@ -10,7 +10,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import tomllib
 import types
@@ -21,7 +20,7 @@ from typing import Any, Mapping
 
 import tomli_w
 
-from kerascnn.errors import ConfigError
+from kerascnn.errors import ConfigError, suggest
 
 PRESETS_PACKAGE = "kerascnn.presets"
 
@@ -125,7 +124,7 @@ class DataConfig:
         _check(self.shuffle_buffer > 0, f"data.shuffle_buffer must be positive, got {self.shuffle_buffer}")
         _check(self.label_separator != "", "data.label_separator must be a non-empty string, e.g. \" \" or \"|\"")
         _check(self.sampling in SAMPLINGS, f"data.sampling: unknown sampling {self.sampling!r}"
-               f"{_suggest(self.sampling, SAMPLINGS)}; choose from {', '.join(SAMPLINGS)}")
+               f"{suggest(self.sampling, SAMPLINGS)}; choose from {', '.join(SAMPLINGS)}")
         _check(not (self.sampling == "balanced" and self.multi_label),
                "data.sampling = balanced needs one label per image; drop it for multi-label data")
         for name in ("labels_csv", "image_root"):
@@ -197,7 +196,7 @@ class AugmentConfig:
                    f"augment.zoom_range must be a number in [0, 1) or [low, high] with 0 < low <= high, "
                    f"got {self.zoom_range}")
         _check(self.fill_mode in FILL_MODES, f"augment.fill_mode: unknown mode {self.fill_mode!r}"
-               f"{_suggest(self.fill_mode, FILL_MODES)}; choose from {', '.join(FILL_MODES)}")
+               f"{suggest(self.fill_mode, FILL_MODES)}; choose from {', '.join(FILL_MODES)}")
         if self.brightness_range is not None:
             object.__setattr__(self, "brightness_range", tuple(float(v) for v in self.brightness_range))
             _check(len(self.brightness_range) == 2 and 0.0 <= self.brightness_range[0] <= self.brightness_range[1],
@@ -206,7 +205,7 @@ class AugmentConfig:
         _check(self.channel_shift_range >= 0.0,
                f"augment.channel_shift_range must be >= 0, got {self.channel_shift_range}")
         _check(self.backend in AUGMENT_BACKENDS, f"augment.backend: unknown backend {self.backend!r}"
-               f"{_suggest(self.backend, AUGMENT_BACKENDS)}; choose from {', '.join(AUGMENT_BACKENDS)}")
+               f"{suggest(self.backend, AUGMENT_BACKENDS)}; choose from {', '.join(AUGMENT_BACKENDS)}")
 
     @property
     def zoom_bounds(self) -> tuple[float, float]:
@@ -255,17 +254,12 @@ class ModelConfig:
             _check(all(v is None for v in (self.transfer, self.weights, self.cut_at, self.unfreeze)),
                    "model.transfer, model.weights, model.cut_at and model.unfreeze need model.backbone; "
                    "run `kerascnn backbones` for names")
-            from kerascnn.models.registry import check_builder_options
-
-            check_builder_options(self.name, self.options)
             return
-        from kerascnn.models.transfer import check_backbone_options
-
         _check(self.name == "cnn", f"model.name {self.name!r} and model.backbone {self.backbone!r} both given: "
                                    f"a transfer model is built from its backbone; drop model.name")
         transfer = self.transfer or "feature_extraction"
         _check(transfer in TRANSFER_STRATEGIES, f"model.transfer must be one of {', '.join(TRANSFER_STRATEGIES)}, "
-                                                f"got {self.transfer!r}{_suggest(self.transfer, TRANSFER_STRATEGIES)}")
+                                                f"got {self.transfer!r}{suggest(self.transfer, TRANSFER_STRATEGIES)}")
         _check((transfer == "truncate") == (self.cut_at is not None),
                "model.transfer = truncate needs model.cut_at (a layer name or index)" if transfer == "truncate" else
                f"model.cut_at only applies to model.transfer = truncate, not {transfer}")
@@ -276,7 +270,6 @@ class ModelConfig:
                "model.transfer = from_scratch trains random weights; drop model.weights or set it to none")
         _check(self.weights is None or self.weights.strip() != "",
                "model.weights must be imagenet, none or the path of a weights file")
-        check_backbone_options(self.backbone, self.options)
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -354,11 +347,11 @@ class TrainConfig:
                f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
         _check(self.verbose in (0, 1, 2), f"train.verbose must be 0, 1 or 2, got {self.verbose}")
         _check(self.strategy in STRATEGIES, f"train.strategy: unknown strategy {self.strategy!r}"
-               f"{_suggest(self.strategy, STRATEGIES)}; choose from {', '.join(STRATEGIES)}")
+               f"{suggest(self.strategy, STRATEGIES)}; choose from {', '.join(STRATEGIES)}")
         _check(self.backup_every >= 0, f"train.backup_every must be >= 0 (0: no backups), got {self.backup_every}")
         if isinstance(self.class_weight, str):
             _check(self.class_weight == "balanced", f"train.class_weight must be \"balanced\" or a table "
-                   f"{{class name = weight}}, got {self.class_weight!r}{_suggest(self.class_weight, ['balanced'])}")
+                   f"{{class name = weight}}, got {self.class_weight!r}{suggest(self.class_weight, ['balanced'])}")
         elif self.class_weight is not None:
             _check(all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
                        for w in self.class_weight.values()) and any(w > 0 for w in self.class_weight.values()),
@@ -396,11 +389,11 @@ class ExportConfig:
 
     def __post_init__(self):
         for fmt in self.formats:
-            _check(fmt in EXPORT_FORMATS, f"export.formats: unknown format {fmt!r}{_suggest(fmt, EXPORT_FORMATS)}"
+            _check(fmt in EXPORT_FORMATS, f"export.formats: unknown format {fmt!r}{suggest(fmt, EXPORT_FORMATS)}"
                    f"; choose from {', '.join(EXPORT_FORMATS)}")
         for variant in self.tflite:
             _check(variant in TFLITE_VARIANTS, f"export.tflite: unknown variant {variant!r}"
-                   f"{_suggest(variant, TFLITE_VARIANTS)}; choose from {', '.join(TFLITE_VARIANTS)}")
+                   f"{suggest(variant, TFLITE_VARIANTS)}; choose from {', '.join(TFLITE_VARIANTS)}")
         _check(bool(self.tflite) or "tflite" not in self.formats,
                "export.tflite is empty; list at least one variant or drop tflite from export.formats")
         _check(self.int8_io in INT8_IO_TYPES, f"export.int8_io must be one of {', '.join(INT8_IO_TYPES)}, "
@@ -443,7 +436,7 @@ class EvaluateConfig:
                f"evaluate.target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
         _check(self.tsne_sample >= 0, f"evaluate.tsne_sample must be >= 0 (0 skips t-SNE), got {self.tsne_sample}")
         _check(self.thresholds in THRESHOLD_RULES, f"evaluate.thresholds: unknown rule {self.thresholds!r}"
-               f"{_suggest(self.thresholds, THRESHOLD_RULES)}; choose from {', '.join(THRESHOLD_RULES)}")
+               f"{suggest(self.thresholds, THRESHOLD_RULES)}; choose from {', '.join(THRESHOLD_RULES)}")
         targets = self.threshold_target.values() if isinstance(self.threshold_target, dict) else [self.threshold_target]
         _check(all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 < t <= 1.0 for t in targets),
                f"evaluate.threshold_target must be in (0, 1] (or a table of such), got {self.threshold_target!r}")
@@ -451,7 +444,12 @@ class EvaluateConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """The whole run: one section a stage. `RunConfig()` is the embedded default (digits, cnn)."""
+    """The whole run: one section a stage. `RunConfig()` is the embedded default (digits, cnn).
+
+    Checks that need model knowledge (builder and backbone options, fine_tune's two phases) are not
+    made here, so that reading and validating a config never imports TensorFlow: the runner makes
+    them (`kerascnn.runner.check_config`) before any data is read.
+    """
 
     run: RunSection = dataclasses.field(default_factory=RunSection)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -460,12 +458,6 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
-
-    def __post_init__(self):
-        if self.model.transfer == "fine_tune":
-            from kerascnn.models.transfer import fine_tune_configs
-
-            fine_tune_configs(self.train)  # its two phases must both be valid TrainConfigs
 
     def replace(self, section: str, **changes) -> "RunConfig":
         """A copy with `changes` applied to one section, validated again."""
@@ -485,11 +477,6 @@ def _drop_none(value):
     if isinstance(value, (list, tuple)):
         return [_drop_none(v) for v in value]
     return value
-
-
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -539,7 +526,7 @@ def _build(cls, mapping: Mapping, where: str):
     for key, value in mapping.items():
         path = f"{where}.{key}" if where else key
         if key not in hints:
-            raise ConfigError(f"unknown config key {path!r}{_suggest(key, names)}; valid keys: {', '.join(names)}")
+            raise ConfigError(f"unknown config key {path!r}{suggest(key, names)}; valid keys: {', '.join(names)}")
         if dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, key)
         else:
@@ -567,7 +554,7 @@ def _read_toml(text: str, source: str) -> dict:
 def read_preset(name: str) -> dict:
     presets = list_presets()
     if name not in presets:
-        raise ConfigError(f"unknown preset {name!r}{_suggest(name, presets)}; presets: {', '.join(presets)}")
+        raise ConfigError(f"unknown preset {name!r}{suggest(name, presets)}; presets: {', '.join(presets)}")
     return _read_toml(resources.files(PRESETS_PACKAGE).joinpath(f"{name}.toml").read_text(), f"preset {name!r}")
 
 

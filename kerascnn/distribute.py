@@ -33,7 +33,7 @@ import keras
 import tensorflow as tf
 
 from kerascnn.config import STRATEGIES
-from kerascnn.errors import ConfigError
+from kerascnn.errors import ConfigError, first_line
 
 TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
                      '"task": {"type": "worker", "index": 0}}\'')
@@ -106,7 +106,7 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
             return tf.distribute.MultiWorkerMirroredStrategy()
         except RuntimeError as exc:
             raise ConfigError(f"strategy 'multi_worker' must be created before TensorFlow runs anything in the "
-                              f"process ({str(exc).splitlines()[0]}); start a fresh process, e.g. the CLI") from None
+                              f"process ({first_line(exc)}); start a fresh process, e.g. the CLI") from None
     return _tpu_strategy()
 
 
@@ -116,8 +116,7 @@ def _tpu_strategy() -> tf.distribute.Strategy:
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"strategy 'tpu' found no TPU ({reason}); run on a TPU VM or use --strategy auto") from None
+        raise ConfigError(f"strategy 'tpu' found no TPU ({first_line(exc)}); run on a TPU VM or use --strategy auto") from None
     return tf.distribute.TPUStrategy(resolver)
 
 

@@ -22,12 +22,13 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              confusion_matrix, log_loss, recall_score, roc_auc_score, roc_curve,
                              top_k_accuracy_score)
 
-from kerascnn.data.datasets import ImageData
+from kerascnn.data.imagedata import ImageData
+from kerascnn.errors import ConfigError, first_line, suggest
 from kerascnn.multilabel import choose_thresholds, multilabel_metrics
 
 TOP_K = (3, 5)
 # Grad-CAM reads the last feature map at least this many pixels wide and high, so that a network which
-# pools down to 1x1 (the seed CNN on 8x8 digits) still gets a heatmap with some resolution.
+# pools down to 1x1 (the default `cnn` on 8x8 digits) still gets a heatmap with some resolution.
 MIN_CAM_SIZE = 4
 
 
@@ -96,14 +97,11 @@ def predict_function(model) -> Callable[[np.ndarray], np.ndarray]:
 
 def positive_class_index(class_names: list[str], positive_class: str | None) -> int | None:
     """Index of the class whose threshold is reported: the named one, else the second of two, else none."""
-    from kerascnn.config import _suggest
-    from kerascnn.errors import ConfigError
-
     if positive_class is None:
         return 1 if len(class_names) == 2 else None
     if positive_class not in class_names:
         raise ConfigError(f"positive class {positive_class!r} is not a class of this dataset"
-                          f"{_suggest(positive_class, class_names)}; classes: {', '.join(class_names)}")
+                          f"{suggest(positive_class, class_names)}; classes: {', '.join(class_names)}")
     return class_names.index(positive_class)
 
 
@@ -287,7 +285,7 @@ class LayerTrace:
         try:
             return keras.Model(self.inputs, tensors[0] if len(tensors) == 1 else list(tensors))
         except ValueError as exc:  # e.g. a nested backbone whose input name repeats the model's
-            raise NotApplicable(f"its inner layers cannot be made into a model ({str(exc).splitlines()[0]})") from None
+            raise NotApplicable(f"its inner layers cannot be made into a model ({first_line(exc)})") from None
 
 
 def trace_layers(model, input_shape: tuple[int, ...]) -> LayerTrace:

@@ -36,18 +36,18 @@ import tensorflow as tf
 
 from kerascnn import __version__
 from kerascnn.config import ExportConfig
-from kerascnn.data.datasets import ImageData
 from kerascnn.data.decode import decode_encoded_image
+from kerascnn.data.imagedata import ImageData
 from kerascnn.errors import ConfigError, DataError, ExportError
 from kerascnn.evaluation import predict_split
 from kerascnn.models.registry import model_input_shape
-from kerascnn.predict import ARTIFACT_METADATA_KEY, ARTIFACT_METADATA_FILE, Predictor
+from kerascnn.predict import ARTIFACT_METADATA_FILE, ARTIFACT_METADATA_KEY, Predictor
+from kerascnn.rundir import H5_FILE, KERAS_FILE, LABELS_FILE, SAVED_MODEL_DIR, move_into_place
 
 FLOAT_TOLERANCE = 1e-4
 TIE_TOLERANCE = 1e-6
 QUANTIZED_MIN_AGREEMENT = 0.995
 QUANTIZED_MAX_ACCURACY_DROP = 0.005
-SAVED_MODEL_DIR = "saved_model"
 BYTES_SIGNATURE = "serving_bytes"
 FLOAT32_TFLITE = "model.tflite"
 log = logging.getLogger(__name__)
@@ -125,8 +125,9 @@ def write_saved_model(model: keras.Model, path: Path, context: ExportContext) ->
     # assets.extra/ is SavedModel's place for files the loader ignores: a version copied alone to a
     # server still names its classes for `kerascnn.load`.
     (path / "assets.extra").mkdir(exist_ok=True)
-    (path / "assets.extra" / "labels.txt").write_text("\n".join(context.class_names) + "\n", encoding="utf-8")
-    (path / "assets.extra" / ARTIFACT_METADATA_FILE).write_text(artifact_metadata(context, "saved_model"), encoding="utf-8")
+    (path / "assets.extra" / LABELS_FILE).write_text("\n".join(context.class_names) + "\n", encoding="utf-8")
+    (path / "assets.extra" / ARTIFACT_METADATA_FILE).write_text(artifact_metadata(context, "saved_model"),
+                                                                encoding="utf-8")
 
 
 def artifact_metadata(context: ExportContext, variant: str) -> str:
@@ -217,8 +218,8 @@ class ArtifactSpec:
 
 
 FORMAT_FILES: dict[str, dict[str, ArtifactSpec]] = {
-    "keras": {"model.keras": ArtifactSpec(write_keras, True)},
-    "h5": {"model.h5": ArtifactSpec(write_h5, True)},
+    "keras": {KERAS_FILE: ArtifactSpec(write_keras, True)},
+    "h5": {H5_FILE: ArtifactSpec(write_h5, True)},
     "saved_model": {SAVED_MODEL_DIR: ArtifactSpec(write_saved_model, True)},
     "onnx": {"model.onnx": ArtifactSpec(write_onnx, True)},
 }
@@ -305,19 +306,6 @@ def judge(name: str, check: dict, exact: bool) -> dict:
     return result
 
 
-def _move_into_place(source: Path, target: Path) -> None:
-    """Replace `target` by `source` (file or folder) with renames on the same filesystem."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_dir():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(source, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(source, target)
-
-
 def publish_version(source: Path, serving_root: Path) -> Path:
     """Move a SavedModel folder into `serving_root/<next integer version>` and return that path.
 
@@ -386,7 +374,7 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     serving_root = Path(config.serving_root) if config.serving_root else run_dir / SAVED_MODEL_DIR
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=run_dir))
     try:
-        (staging / "labels.txt").write_text("\n".join(data.class_names) + "\n", encoding="utf-8")
+        (staging / LABELS_FILE).write_text("\n".join(data.class_names) + "\n", encoding="utf-8")
         context = ExportContext(model, list(data.class_names), data, config, staging / ".scratch", thresholds)
         reference = predict_split(lambda images: model(images, training=False), data)
         checks = {}
@@ -396,14 +384,14 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
             check = judge(name, parity(model, Predictor(path), data, reference=reference), spec.exact)
             size, sha = file_digest(path)
             checks[name] = {"bytes": size, "sha256": sha, "parity": check}
-        _move_into_place(staging / "labels.txt", run_dir / "labels.txt")
+        move_into_place(staging / LABELS_FILE, run_dir / LABELS_FILE)
         artifacts = {}
         for name, entry in checks.items():
             if name == SAVED_MODEL_DIR:
                 target = publish_version(staging / name, serving_root)
                 name = target.relative_to(run_dir).as_posix() if target.is_relative_to(run_dir) else str(target)
             else:
-                _move_into_place(staging / name, run_dir / name)
+                move_into_place(staging / name, run_dir / name)
             artifacts[name] = entry
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -21,10 +21,10 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from kerascnn.errors import ConfigError, DataError, ModelLoadError
+from kerascnn.errors import ConfigError, DataError, ModelLoadError, first_line
+from kerascnn.rundir import LABELS_FILE, MANIFEST_FILE
+from kerascnn.safety import load_keras_model
 
-LABELS_FILE = "labels.txt"
-MANIFEST_FILE = "manifest.json"
 ARTIFACT_METADATA_KEY = "kerascnn"  # metadata entry (JSON) that export embeds in .tflite and .onnx files
 ARTIFACT_METADATA_FILE = "kerascnn.json"  # the same JSON in a SavedModel's assets.extra/
 
@@ -33,19 +33,10 @@ class KerasRuntime:
     """A `.keras` or legacy `.h5` model loaded with Keras safe_mode (unless unsafe=True)."""
 
     def __init__(self, path: Path, unsafe: bool = False):
-        import keras
-
-        from kerascnn.models import registry
+        from kerascnn.models import registry  # registers kerascnn's layers with Keras (and imports TensorFlow)
         from kerascnn.models.subclassed import CUSTOM_OBJECTS
-        from kerascnn.safety import check_model_file
 
-        check_model_file(path, unsafe)
-        try:
-            self.model = keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False,
-                                                 safe_mode=not unsafe)
-        except Exception as exc:  # Keras raises ValueError/TypeError/OSError for refused or broken files
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"cannot load {str(path)!r} as a Keras model: {first_line}") from None
+        self.model = load_keras_model(path, unsafe, CUSTOM_OBJECTS)
         self.input_shape = registry.model_input_shape(self.model)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -93,7 +84,7 @@ class TFLiteRuntime:
         try:
             self.interpreter = Interpreter(model_path=str(path))
         except (ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"cannot load {str(path)!r} as a TFLite model ({str(exc).splitlines()[0]})") from None
+            raise ModelLoadError(f"cannot load {str(path)!r} as a TFLite model ({first_line(exc)})") from None
         (model_input,), (model_output,) = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         self.input_shape = tuple(int(s) for s in model_input["shape"][1:])
         self.input_index, self.output_index = model_input["index"], model_output["index"]
@@ -219,10 +210,6 @@ def find_thresholds(path: Path, class_names: list[str]) -> list[float] | None:
     return None
 
 
-# PIL modes that reach the shared decoder as they are; others are converted to one of these first.
-DECODER_MODES = ("L", "LA", "RGB", "RGBA")
-
-
 @functools.lru_cache(maxsize=None)
 def _decoder(channels: int, image_size: tuple[int, int]):
     """Compiled `decode_encoded_image` and `fit_image` for one model input (traced once, reused)."""
@@ -242,16 +229,11 @@ def _decoder(channels: int, image_size: tuple[int, int]):
 
 
 def _pil_to_pixels(image: Image.Image, input_shape: tuple[int, int, int]) -> np.ndarray:
-    """A PIL image (first frame) through the same channel conversion and resize as encoded files."""
-    image.seek(0)
-    if image.mode not in DECODER_MODES:
-        from kerascnn.data.folder import GRAYSCALE_MODES
+    """A PIL image (first frame, any mode) through the same channel conversion and resize as encoded files."""
+    from kerascnn.data.decode import pil_pixels
 
-        gray = image.mode in GRAYSCALE_MODES
-        image = image.convert(("L" if gray else "RGB") + ("A" if image.has_transparency_data else ""))
-    pixels = np.asarray(image, np.uint8)
     _, fit = _decoder(input_shape[2], tuple(input_shape[:2]))
-    return fit(pixels.reshape(*pixels.shape[:2], -1)).numpy()
+    return fit(pil_pixels(image)).numpy()
 
 
 def _encoded_to_pixels(item, input_shape: tuple[int, int, int]) -> np.ndarray:
@@ -357,7 +339,7 @@ def load(path: str | Path, unsafe: bool = False) -> Predictor:
 
 def image_paths(inputs: Iterable[str | Path]) -> list[Path]:
     """Expand folders into the image files they contain (sorted), keeping files as given."""
-    from kerascnn.data.folder import IMAGE_EXTENSIONS
+    from kerascnn.data.decode import IMAGE_EXTENSIONS
 
     paths: list[Path] = []
     for item in map(Path, inputs):

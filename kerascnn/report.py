@@ -1,15 +1,16 @@
 """The evaluation report of a run: metrics.json, the figures, report.html (self-contained) and report.md.
 
 `write_report(run_dir, data, model)` evaluates a Keras model or any `Predictor` on the test split
-and writes the report; the runner calls it after training, `kerascnn evaluate` through
-`evaluate_run`. The report of `model.keras` lives in the run directory itself; the report of any
+and writes the report; the runner calls it after training, and `kerascnn evaluate` through
+`kerascnn.runner.evaluate_run`. The report of `model.keras` lives in the run directory itself; the report of any
 other artifact in `reports/<artifact>/`, with its per-class change against model.keras, so a user
 sees what e.g. quantization cost each class.
 
 Everything is computed in memory first and written last, so a failed evaluation writes nothing.
 
 Example:
-    report = evaluate_run("saved_models/digits-cnn", artifact="model.tflite")
+    report = write_report("saved_models/digits-cnn", data, load("saved_models/digits-cnn/model.tflite"),
+                          artifact="model.tflite")
     print(report.metrics["accuracy"], report.folder / "report.html")
 """
 
@@ -20,7 +21,6 @@ import dataclasses
 import datetime
 import html
 import json
-import os
 import time
 from pathlib import Path
 
@@ -28,19 +28,18 @@ import numpy as np
 import pandas as pd
 
 from kerascnn import plots
-from kerascnn.config import EvaluateConfig, RunConfig
-from kerascnn.data.datasets import ImageData
+from kerascnn.config import EvaluateConfig
+from kerascnn.data.imagedata import ImageData
 from kerascnn.data.sampling import counts_per_class
-from kerascnn.errors import DataError, ModelLoadError
+from kerascnn.errors import DataError
 from kerascnn.evaluation import (NotApplicable, diagnostics, embeddings, gradcam, per_example_loss,
                                  positive_class_index, predict_function, predict_split, split_images,
                                  validation_thresholds)
 from kerascnn.multilabel import multilabel_metrics
+from kerascnn.rundir import (HISTORY_FILE, HTML_FILE, KERAS_FILE, MARKDOWN_FILE, METRICS_FILE, REPORTS_DIR,
+                             write_bytes_atomically)
 
-DEFAULT_ARTIFACT = "model.keras"
-METRICS_FILE, HTML_FILE, MARKDOWN_FILE = "metrics.json", "report.html", "report.md"
-HISTORY_FILE = "history.csv"
-REPORTS_DIR = "reports"
+DEFAULT_ARTIFACT = KERAS_FILE
 TOP_LOSSES = 12
 GRADCAM_IMAGES = 8
 # File -> (title, what the reader should look for), in report order.
@@ -241,25 +240,19 @@ def tsne(model, images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     return points, layer
 
 
-def _atomic_write(path: Path, content: bytes) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(content)
-    os.replace(partial, path)
-
-
 def save(report: Report, folder: str | Path) -> Report:
     """Write metrics.json, the figures, report.md and report.html into `folder`; drop stale figures."""
     report.folder = Path(folder)
     report.folder.mkdir(parents=True, exist_ok=True)
     for name in FIGURES:
         if name in report.figures:
-            _atomic_write(report.folder / name, report.figures[name])
+            write_bytes_atomically(report.folder / name, report.figures[name])
         else:
             (report.folder / name).unlink(missing_ok=True)
-    _atomic_write(report.folder / METRICS_FILE,
+    write_bytes_atomically(report.folder / METRICS_FILE,
                   (json.dumps(report.metrics, indent=2, allow_nan=False) + "\n").encode("utf-8"))
-    _atomic_write(report.folder / MARKDOWN_FILE, render_markdown(report).encode("utf-8"))
-    _atomic_write(report.folder / HTML_FILE, render_html(report).encode("utf-8"))
+    write_bytes_atomically(report.folder / MARKDOWN_FILE, render_markdown(report).encode("utf-8"))
+    write_bytes_atomically(report.folder / HTML_FILE, render_html(report).encode("utf-8"))
     return report
 
 
@@ -288,39 +281,6 @@ def check_compatible(predictor, data: ImageData, artifact: str) -> None:
     if tuple(predictor.input_shape) != tuple(data.input_shape):
         raise DataError(f"{artifact} takes images of shape {tuple(predictor.input_shape)} but dataset {data.name!r} "
                         f"gives {tuple(data.input_shape)}; set data.image_size to the model's height and width")
-
-
-def evaluate_run(run_dir: str | Path, artifact: str | None = None, config: RunConfig | None = None,
-                 unsafe: bool = False) -> Report:
-    """Evaluate an artifact of a run directory on its dataset's test split and write the report.
-
-    Args:
-        run_dir: a run directory written by `kerascnn train`.
-        artifact: artifact path relative to the run directory (default model.keras).
-        config: the run's config with any overrides (default: the run directory's config.toml).
-        unsafe: let a Keras artifact run code it carries (Lambda layers); default False (safe_mode).
-
-    Example:
-        evaluate_run("saved_models/digits-cnn", "model.tflite").metrics["per_class"]["3"]["recall"]
-    """
-    from kerascnn.config import config_from_dict, read_config_file
-    from kerascnn.data.datasets import load_data
-    from kerascnn.predict import load
-
-    run_dir = Path(run_dir)
-    artifact = artifact or DEFAULT_ARTIFACT
-    if not run_dir.is_dir():
-        raise ModelLoadError(f"run directory {str(run_dir)!r} does not exist; pass a folder written by "
-                             f"`kerascnn train`")
-    if not (run_dir / artifact).exists():
-        present = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".keras", ".h5", ".tflite"))
-        raise ModelLoadError(f"{str(run_dir)!r} has no {artifact}; pass --artifact with one of its models "
-                             f"({', '.join(present) or 'none found: train the run first'})")
-    config = config or config_from_dict(read_config_file(run_dir / "config.toml"))
-    data = load_data(config.data, seed=config.run.seed)
-    predictor = load(run_dir / artifact, unsafe=unsafe)
-    check_compatible(predictor, data, artifact)
-    return write_report(run_dir, data, predictor, config.evaluate, artifact, seed=config.run.seed)
 
 
 # ---- rendering -------------------------------------------------------------------------------------------------

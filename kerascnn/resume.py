@@ -26,14 +26,13 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import keras
 
 from kerascnn.errors import ConfigError
+from kerascnn.rundir import (BACKUP_DIR, MANIFEST_FILE, require_run_dir, temporary_path, write_atomically,
+                             write_text_atomically)
 
-BACKUP_DIR = "checkpoints/backup"
-TRAINED_MODEL = "checkpoints/trained.keras"
 BACKUP_METADATA = "training_metadata.json"  # the names Keras' BackupAndRestore uses
 BACKUP_WEIGHTS = "latest.weights.h5"
 
@@ -44,22 +43,6 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         super().__init__(f"interrupted; continue the run with: kerascnn train --resume {run_dir}")
-
-
-def temporary_path(path: Path) -> Path:
-    """A hidden name beside `path` with the same suffix (Keras picks the file format by suffix)."""
-    return path.with_name(f".tmp-{path.name}")
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(temporary path)`, then rename the finished file onto `path`."""
-    temporary = temporary_path(Path(path))
-    write(temporary)
-    os.replace(temporary, path)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -206,11 +189,9 @@ def checkpoint_weights(model: keras.Model, path: Path) -> list:
     return clone.get_weights()
 
 
-def check_resumable(run_dir: Path, config_file: str, manifest_file: str) -> None:
-    """Raise ConfigError unless `run_dir` is a kerascnn run directory whose run has not finished."""
-    if not (run_dir / config_file).is_file():
-        raise ConfigError(f"cannot resume {str(run_dir)!r}: it is not a kerascnn run directory (no {config_file}); "
-                          f"pass the folder `kerascnn train` printed")
-    if (run_dir / manifest_file).is_file():
-        raise ConfigError(f"cannot resume {str(run_dir)!r}: the run already finished ({manifest_file} is written); "
+def check_resumable(run_dir: Path) -> None:
+    """Raise NotARunDirectory/ConfigError unless `run_dir` is a kerascnn run directory whose run has not finished."""
+    require_run_dir(run_dir)
+    if (run_dir / MANIFEST_FILE).is_file():
+        raise ConfigError(f"cannot resume {str(run_dir)!r}: the run already finished ({MANIFEST_FILE} is written); "
                           f"re-export it with `kerascnn export {run_dir}`")

@@ -99,8 +99,8 @@ def require_run_dir(run_dir: str | Path) -> Path:
     """`run_dir` as a Path; NotARunDirectory (one line with the fix) if it is missing or has no config.toml."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
-        raise NotARunDirectory(f"run directory {str(run_dir)!r} does not exist; pass a folder written by "
-                               f"`kerascnn train` (e.g. saved_models/<run name>)")
+        raise NotARunDirectory(f"{str(run_dir)!r} does not exist, so it is not a kerascnn run directory; pass a "
+                               f"folder written by `kerascnn train` (e.g. saved_models/<run name>)")
     if not (run_dir / CONFIG_FILE).is_file():
         raise NotARunDirectory(f"{str(run_dir)!r} is not a kerascnn run directory (it has no {CONFIG_FILE}); "
                                f"pass a folder written by `kerascnn train`")

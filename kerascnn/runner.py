@@ -1,5 +1,9 @@
 """`run(config)`: the whole path from data to verified artifacts. The only module that knows every stage.
 
+Beside it, the other run-level operations: `check_config` (the checks that need model knowledge,
+made before any data is read), `export_run` (write and verify a finished run's artifacts again) and
+`evaluate_run` (the report of any artifact of a run).
+
 Order matters for the promise "bad input writes nothing": the config is validated when it is
 built, then data are loaded and the model built, the output folder checked for write access and
 free space, and only then is the run directory created. A run killed or interrupted before its
@@ -12,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import platform
@@ -26,27 +29,27 @@ import pandas as pd
 import tensorflow as tf
 
 from kerascnn import __version__
-from kerascnn.config import RunConfig, config_from_dict, read_config_file
+from kerascnn.config import RunConfig, config_from_dict, merge, parse_override
 from kerascnn.data.augment import make_augment
 from kerascnn.data.datasets import ImageData, load_data
 from kerascnn.data.duplicates import leaked_test_images
-from kerascnn.data.folder import SKIPPED_FILES_CSV
 from kerascnn.data.sampling import counts_per_class
 from kerascnn.distribute import check_float32_output, is_chief, make_strategy, precision, strategy_name
-from kerascnn.errors import ConfigError
+from kerascnn.errors import ConfigError, ModelLoadError, first_line
 from kerascnn.evaluation import evaluate, positive_class_index, validation_thresholds
 from kerascnn.export import export
 from kerascnn.models.heads import sigmoid_head
-from kerascnn.models.registry import build_model
-from kerascnn.models.transfer import build_from_config, fine_tune
-from kerascnn.predict import KerasRuntime
-from kerascnn.report import Report, write_report
-from kerascnn.resume import (TRAINED_MODEL, RunInterrupted, check_resumable, write_atomically,
+from kerascnn.models.registry import build_model, check_builder_options
+from kerascnn.models.transfer import build_from_config, check_backbone_options
+from kerascnn.predict import load
+from kerascnn.report import Report, check_compatible, write_report
+from kerascnn.resume import RunInterrupted, check_resumable
+from kerascnn.rundir import (CONFIG_FILE, HISTORY_FILE, KERAS_FILE, SKIPPED_FILES_CSV, TRAINED_MODEL, read_manifest,
+                             read_run_config, require_run_dir, write_atomically, write_manifest,
                              write_text_atomically)
-from kerascnn.training import HISTORY_FILE, TrainResult, train
+from kerascnn.safety import load_keras_model
+from kerascnn.training import TrainResult, fine_tune, fine_tune_configs, train
 
-MANIFEST_FILE = "manifest.json"
-CONFIG_FILE = "config.toml"
 # Disk a run needs, in bytes a model parameter: float32 weights in about 12 copies (artifacts, best
 # checkpoint and backup with optimizer slots, trained model), plus a margin for logs and history.
 BYTES_PER_PARAMETER = 4 * 12
@@ -113,9 +116,23 @@ def check_free_space(run_dir: Path, model: keras.Model) -> None:
                           f"{needed / 2 ** 20:.0f} MiB; free some space or pass --output on another disk")
 
 
-def write_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics: dict, train_seconds: float,
-                   epochs_run: int, artifacts: dict, distribution: dict | None = None, resumed: bool = False,
-                   thresholds: list[float] | None = None, warnings: list[str] = ()) -> dict:
+def check_config(config: RunConfig) -> RunConfig:
+    """Make the checks of `config` that need model knowledge (builder and backbone options, fine_tune's two
+    phases); raise ConfigError naming the key and the fix. `config.py` cannot make them without importing
+    TensorFlow, so every run-level operation calls this before reading any data."""
+    if config.model.backbone:
+        check_backbone_options(config.model.backbone, config.model.options)
+    else:
+        check_builder_options(config.model.name, config.model.options)
+    if config.model.transfer == "fine_tune":
+        fine_tune_configs(config.train)  # its two phases must both be valid TrainConfigs
+    return config
+
+
+def run_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics: dict, train_seconds: float,
+                 epochs_run: int, artifacts: dict, distribution: dict | None = None, resumed: bool = False,
+                 thresholds: list[float] | None = None, warnings: list[str] = ()) -> dict:
+    """Write the run's manifest.json and return it."""
     manifest = {
         "kerascnn_version": __version__,
         "tensorflow_version": tf.__version__,
@@ -141,7 +158,7 @@ def write_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metri
     }
     if data.folder_scan is not None:
         manifest["scan"] = data.folder_scan.summary()
-    write_text_atomically(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    write_manifest(run_dir, manifest)
     return manifest
 
 
@@ -151,7 +168,7 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
     `evaluate.report` is false).
 
     Args:
-        config: a RunConfig (default RunConfig(): digits with the seed CNN).
+        config: a RunConfig (default RunConfig(): digits with the default `cnn`).
         data: an ImageData to use instead of loading `config.data.dataset` (e.g. from `from_arrays`).
         resume: the directory of a run that was killed or interrupted before it finished: continue it
             with its stored config.toml (then `config` must be None). Default None: a new run.
@@ -164,10 +181,11 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         if config is not None:
             raise ConfigError("a resumed run uses its stored config.toml; pass either a config or resume, not both")
         run_dir = Path(resume)
-        check_resumable(run_dir, CONFIG_FILE, MANIFEST_FILE)
-        config = config_from_dict(read_config_file(run_dir / CONFIG_FILE))
+        check_resumable(run_dir)
+        config = read_run_config(run_dir)
     else:
         config = config or RunConfig()
+    check_config(config)
     # Next: MultiWorkerMirroredStrategy must set up collective ops before TensorFlow runs anything.
     strategy = make_strategy(config.train.strategy)
     chief = is_chief(strategy)
@@ -197,7 +215,7 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
     fit = partial(fine_tune, unfreeze=config.model.unfreeze) if config.model.transfer == "fine_tune" else train
     try:
         if resume is not None and (run_dir / TRAINED_MODEL).is_file():  # training had finished: export only
-            model = KerasRuntime(run_dir / TRAINED_MODEL, unsafe).model
+            model = load_keras_model(run_dir / TRAINED_MODEL, unsafe)
             history = pd.read_csv(run_dir / HISTORY_FILE)
             result = TrainResult(history=history, train_seconds=0.0, epochs_run=len(history))
         else:
@@ -214,9 +232,9 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         artifacts = export(model, run_dir, data, config.export, thresholds)
         distribution = {"strategy": strategy_name(strategy), "num_replicas_in_sync": result.num_replicas_in_sync,
                         "global_batch_size": result.global_batch_size}
-        manifest = write_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run,
-                                  artifacts, distribution, resumed=resume is not None, thresholds=thresholds,
-                                  warnings=warnings)
+        manifest = run_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run,
+                                artifacts, distribution, resumed=resume is not None, thresholds=thresholds,
+                                warnings=warnings)
     except KeyboardInterrupt:
         raise RunInterrupted(run_dir) from None
     finally:
@@ -238,9 +256,8 @@ def make_model(config: RunConfig, data: ImageData) -> keras.Model:
         try:
             model = build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
         except (TypeError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"model {config.model.name!r} rejected its options {config.model.options}: "
-                              f"{reason}") from None
+                              f"{first_line(exc)}") from None
     return sigmoid_head(model) if data.multi_label else model
 
 
@@ -272,3 +289,61 @@ def deployable_copy(model: keras.Model, config: RunConfig, data: ImageData) -> k
     copy = make_model(config, data)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def export_run(run_dir: str | Path, overrides: list[str] = (), serving_root: str | None = None) -> dict:
+    """Write and verify a run's artifacts again from its model.keras; return the new artifacts' entries.
+
+    Args:
+        run_dir: a run directory written by `kerascnn train`.
+        overrides: `section.key=value` changes to its stored config (e.g. `export.tflite=["int8"]`).
+        serving_root: folder that gets the SavedModel as its next integer version (default: the run's
+            saved_model/ or its configured export.serving_root).
+
+    The manifest's `artifacts` are updated with the new entries (others are kept). Example:
+        export_run("saved_models/digits-cnn", ["export.formats=['tflite']"])
+    """
+    run_dir = require_run_dir(run_dir)
+    settings = read_run_config(run_dir).to_dict()
+    for text in overrides:
+        merge(settings, *parse_override(text))
+    if serving_root:
+        merge(settings, ["export", "serving_root"], serving_root)
+    config = check_config(config_from_dict(settings))
+    if not (run_dir / KERAS_FILE).is_file():
+        raise ModelLoadError(f"{str(run_dir)!r} has no {KERAS_FILE} to export from; finish the run first with "
+                             f"`kerascnn train --resume {run_dir}`")
+    predictor = load(run_dir / KERAS_FILE)
+    artifacts = export(predictor.runtime.model, run_dir, load_data(config.data, seed=config.run.seed), config.export,
+                       predictor.thresholds)  # a multi-label run's thresholds, read from its manifest
+    manifest = read_manifest(run_dir)
+    if manifest is not None:
+        manifest["artifacts"] = {**manifest.get("artifacts", {}), **artifacts}
+        write_manifest(run_dir, manifest)
+    return artifacts
+
+
+def evaluate_run(run_dir: str | Path, artifact: str | None = None, config: RunConfig | None = None,
+                 unsafe: bool = False) -> Report:
+    """Evaluate an artifact of a run directory on its dataset's test split and write the report.
+
+    Args:
+        run_dir: a run directory written by `kerascnn train`.
+        artifact: artifact path relative to the run directory (default model.keras).
+        config: the run's config with any overrides (default: the run directory's config.toml).
+        unsafe: let a Keras artifact run code it carries (Lambda layers); default False (safe_mode).
+
+    Example:
+        evaluate_run("saved_models/digits-cnn", "model.tflite").metrics["per_class"]["3"]["recall"]
+    """
+    run_dir = require_run_dir(run_dir)
+    artifact = artifact or KERAS_FILE
+    if not (run_dir / artifact).exists():
+        present = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".keras", ".h5", ".tflite"))
+        raise ModelLoadError(f"{str(run_dir)!r} has no {artifact}; pass --artifact with one of its models "
+                             f"({', '.join(present) or 'none found: train the run first'})")
+    config = config or read_run_config(run_dir)
+    data = load_data(config.data, seed=config.run.seed)
+    predictor = load(run_dir / artifact, unsafe=unsafe)
+    check_compatible(predictor, data, artifact)
+    return write_report(run_dir, data, predictor, config.evaluate, artifact, seed=config.run.seed)

@@ -7,6 +7,12 @@ found), so the user gets one line naming the layer. The check covers both format
 (`config.json` inside the zip) and legacy `.h5` (the `model_config` attribute of the HDF5 file).
 Keras 3.15.1's legacy H5 loader honours safe_mode too (it deserializes inside a SafeModeScope; the
 tests prove it), so for `.h5` this check is a second lock with a clearer message, not the only one.
+
+`load_keras_model` is the one way kerascnn opens a Keras file (the Predictor, `--weights PATH` and
+resume all use it). kerascnn's own layers and models are registered with
+`keras.saving.register_keras_serializable(package="kerascnn")` where they are defined, so Keras finds
+them by name once `kerascnn.models` is imported; only legacy `.h5` files, which name a class without
+its package, need the `custom_objects` table the Predictor passes.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from kerascnn.errors import ModelLoadError
+from kerascnn.errors import ModelLoadError, first_line
 
 CODE_LAYERS = ("Lambda", "TFSMLayer")  # layers whose config makes Keras run code or load a graph from a path
 SERIALIZED_LAMBDA = "__lambda__"  # how Keras stores a Python lambda's bytecode anywhere in a config
@@ -61,3 +67,17 @@ def check_model_file(path: Path, unsafe: bool = False) -> None:
     if found:
         raise ModelLoadError(f"refusing to load {str(path)!r}: it holds {', '.join(dict.fromkeys(found))}, which "
                              f"runs code stored in the file; pass --unsafe (unsafe=True) only if you trust its source")
+
+
+def load_keras_model(path: Path, unsafe: bool = False, custom_objects: dict | None = None):
+    """The model in a `.keras` or `.h5` file, loaded uncompiled with Keras safe_mode after `check_model_file`.
+
+    Raises ModelLoadError (one line) for a refused, missing or broken file.
+    """
+    import keras  # heavy: this module is also used by code that must not import TensorFlow
+
+    check_model_file(Path(path), unsafe)
+    try:
+        return keras.saving.load_model(path, custom_objects=custom_objects, compile=False, safe_mode=not unsafe)
+    except Exception as exc:  # Keras raises ValueError/TypeError/OSError for refused or broken files
+        raise ModelLoadError(f"cannot load {str(path)!r} as a Keras model: {first_line(exc)}") from None

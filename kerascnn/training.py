@@ -1,10 +1,11 @@
-"""Compile and fit a model with the callbacks a run directory keeps.
+"""Compile and fit a model with the callbacks a run directory keeps; fine-tune a transfer model in two phases.
 
 `train(model, data, config)` compiles (optimizer, schedule, loss with label smoothing), builds the
 Keras callbacks (ModelCheckpoint best on val_loss, EarlyStopping with best weights restored,
 CSVLogger, TensorBoard, TerminateOnNaN, BackupAndRestore for `--resume`; see kerascnn.resume) and
 calls `model.fit` over the tf.data pipeline, under the strategy the model was built in
-(`kerascnn.distribute`; its `fit_distributed` where fit is broken).
+(`kerascnn.distribute`; its `fit_distributed` where fit is broken). `fine_tune` is two such fits
+(fastai's recipe); the model surgery between them (`unfreeze_top`) belongs to `kerascnn.models.transfer`.
 """
 
 from __future__ import annotations
@@ -20,18 +21,18 @@ import numpy as np
 import pandas as pd
 
 from kerascnn.config import TrainConfig
-from kerascnn.data.datasets import ImageData
+from kerascnn.data.imagedata import ImageData
 from kerascnn.data.pipeline import batches
 from kerascnn.data.sampling import balanced, class_weights, split_labels, with_class_weights
 from kerascnn.distribute import (distribute_dataset, fit_distributed, global_batch_size, needs_custom_loop,
                                  strategy_name)
-from kerascnn.errors import TrainingError
-from kerascnn.resume import (BACKUP_DIR, TRAINED_MODEL, AtomicBackupAndRestore, AtomicModelCheckpoint,
-                             ResumableEarlyStopping, ResumeState, TrainedModelSaver, resume_state)
+from kerascnn.errors import ConfigError, TrainingError
+from kerascnn.models.transfer import DEFAULT_UNFREEZE, unfreeze_top
+from kerascnn.resume import (AtomicBackupAndRestore, AtomicModelCheckpoint, ResumableEarlyStopping, ResumeState,
+                             TrainedModelSaver, resume_state)
+from kerascnn.rundir import BACKUP_DIR, CHECKPOINT_FILE, HISTORY_FILE, LOG_DIR, TRAINED_MODEL
 
-CHECKPOINT_FILE = "checkpoints/best.keras"
-HISTORY_FILE = "history.csv"
-LOG_DIR = "logs"
+FINE_TUNE_RATE_FACTOR = 0.1  # fine_tune's second phase runs at the configured learning rate x this
 
 
 @dataclasses.dataclass
@@ -210,3 +211,42 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
                             f"data; {kept}")
     return TrainResult(history=frame, train_seconds=seconds, epochs_run=len(frame),
                        num_replicas_in_sync=strategy.num_replicas_in_sync, global_batch_size=global_batch)
+
+
+def fine_tune_configs(config: TrainConfig) -> tuple[TrainConfig, TrainConfig]:
+    """The TrainConfigs of both fine_tune phases: the first half of the epochs (rounded up) trains the
+    head; the rest fine-tune at learning rate x 0.1 without warm-up. Raises ConfigError if impossible."""
+    head_epochs = math.ceil(config.epochs / 2)
+    if config.epochs < 2 or config.warmup_epochs >= head_epochs:
+        raise ConfigError(f"model.transfer = fine_tune trains the head for the first half of train.epochs, then "
+                          f"fine-tunes: it needs train.epochs >= 2 and train.warmup_epochs < {head_epochs} "
+                          f"(got epochs {config.epochs}, warmup_epochs {config.warmup_epochs})")
+    return (dataclasses.replace(config, epochs=head_epochs),
+            dataclasses.replace(config, epochs=config.epochs - head_epochs, warmup_epochs=0,
+                                learning_rate=config.learning_rate * FINE_TUNE_RATE_FACTOR))
+
+
+def fine_tune(model: keras.Model, data: ImageData, config: TrainConfig | None = None, run_dir: Path | None = None,
+              unfreeze: int | None = None, **train_options) -> TrainResult:
+    """Train a transfer model in two phases recorded as one history (fastai's `fine_tune` recipe).
+
+    Phase 1 trains the head with the backbone frozen for the first half of `config.epochs`; phase 2
+    unfreezes the backbone's top `unfreeze` layers (BatchNormalization stays frozen and in inference
+    mode) and trains the rest of the epochs at learning rate x 0.1, without warm-up. Epoch numbers,
+    history.csv and the best checkpoint carry on from phase 1.
+
+    Args:
+        model: a model from `build_transfer_model` (its backbone frozen).
+        data: an ImageData.
+        config: a TrainConfig with epochs >= 2 (default TrainConfig()).
+        run_dir: where checkpoints, history.csv and logs go (None: nothing on disk).
+        unfreeze: layers to unfreeze at the top of the backbone (default 20).
+        **train_options: passed to `train` (seed, cache, shuffle_buffer, augment).
+
+    Example:
+        result = fine_tune(model, data, TrainConfig(epochs=6), unfreeze=30)
+    """
+    head_config, tune_config = fine_tune_configs(config or TrainConfig())
+    head = train(model, data, head_config, run_dir, **train_options)
+    unfreeze_top(model, DEFAULT_UNFREEZE if unfreeze is None else unfreeze)
+    return train(model, data, tune_config, run_dir, continue_from=head, **train_options)

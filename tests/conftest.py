@@ -30,7 +30,7 @@ def image_folder(tmp_path):
 
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory):
-    """`kerascnn.run()` with the embedded default config (digits, seed CNN), written once per session."""
+    """`kerascnn.run()` with the embedded default config (digits, default `cnn`), written once per session."""
     from kerascnn.config import load_config
     from kerascnn.runner import run
 

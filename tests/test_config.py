@@ -46,8 +46,6 @@ def test_toml_round_trip(tmp_path):
     ({"data": {"validation_split": 0.6, "test_split": 0.5}}, "must leave training data"),
     ({"data": {"classes": [3]}}, "at least two distinct class indices"),
     ({"data": {"image_size": [0, 8]}}, "data.image_size"),
-    ({"model": {"name": "cnnn"}}, "unknown model 'cnnn' (did you mean 'cnn'?)"),
-    ({"model": {"options": {"filter": [8]}}}, "has no option 'filter' (did you mean 'filters'?)"),
     ({"export": {"formats": ["tflit"]}}, "unknown format 'tflit' (did you mean 'tflite'?)"),
     ({"run": {"name": "a/b"}}, "run.name must be a plain folder name"),
     ({"train": 3}, "[train] must be a table"),
@@ -55,6 +53,21 @@ def test_toml_round_trip(tmp_path):
 def test_bad_values_name_the_key_and_the_fix(mapping, fragment):
     with pytest.raises(ConfigError) as error:
         config_from_dict(mapping)
+    message = str(error.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("mapping, fragment", [
+    ({"model": {"name": "cnnn"}}, "unknown model 'cnnn' (did you mean 'cnn'?)"),
+    ({"model": {"options": {"filter": [8]}}}, "has no option 'filter' (did you mean 'filters'?)"),
+])
+def test_model_options_are_checked_where_the_models_are_known(mapping, fragment):
+    from kerascnn.runner import check_config  # the runner knows the builders; config.py imports no model code
+
+    config = config_from_dict(mapping)
+    with pytest.raises(ConfigError) as error:
+        check_config(config)
     message = str(error.value)
     assert fragment in message
     assert "\n" not in message

@@ -54,7 +54,7 @@ def test_cnn_pools_only_while_the_map_is_large_enough():
 def test_kernel_initializers(init, bound):
     model = build_model("mlp", (8, 8, 1), 3, hidden=[256], kernel_initializer=init)
     kernel = np.asarray(model.get_layer("dense_0").kernel)
-    if bound is not None:  # the seeds' general rule: uniform in [-1/sqrt(n), 1/sqrt(n)], n = 64 inputs
+    if bound is not None:  # the course notes' general rule: uniform in [-1/sqrt(n), 1/sqrt(n)], n = 64 inputs
         assert np.abs(kernel).max() <= bound
         assert np.abs(kernel).max() > 0.9 * bound
 

@@ -159,3 +159,31 @@ def test_training_folders_and_predict_decode_gray_bmp_gif_png_alike(tmp_path):
         image.save(paths[-1])
     loaded = np.stack([x for x, _ in file_dataset(paths, [0] * 4, 1, (8, 8)).as_numpy_iterator()])
     np.testing.assert_array_equal(loaded, to_pixels(paths, (8, 8, 1)))
+
+
+PIL_MODES = ("1", "L", "P", "PA", "RGB", "RGBA", "LA", "CMYK", "I", "I;16", "F")
+# Modes that hold the gray digit without loss: they must predict exactly what the L image predicts.
+LOSSLESS_MODES = ("L", "LA", "RGB", "RGBA", "CMYK", "I", "I;16", "F")
+
+
+def digit_in_mode(mode: str) -> Image.Image:
+    gray = digit_pixels(7)
+    if mode == "I;16":  # 16-bit: 0..255 scaled to 0..65535, as a 16-bit PNG of the same picture holds it
+        return Image.fromarray(gray.astype(np.uint16) * 257)  # PIL reads uint16 arrays as mode I;16
+    return Image.fromarray(gray).convert(mode)
+
+
+@pytest.mark.parametrize("artifact", ["model.keras", "model.tflite"])
+def test_pil_images_in_every_mode_predict_as_their_pixels_say(run_dir, artifact):
+    predictor = load(run_dir / artifact)
+    reference = predictor.predict_proba(digit_in_mode("L"))
+    for mode in PIL_MODES:
+        image = digit_in_mode(mode)
+        assert image.mode == mode
+        probabilities = predictor.predict_proba(image)
+        assert probabilities.shape == (1, len(CLASS_NAMES)) and abs(probabilities.sum() - 1) < 1e-4, mode
+        if mode in LOSSLESS_MODES:
+            np.testing.assert_allclose(probabilities, reference, atol=2e-3, err_msg=mode)
+        else:  # 1-bit and palette images predict what their own conversion to L or RGB predicts
+            converted = image.convert("L" if mode == "1" else "RGBA" if mode == "PA" else "RGB")
+            np.testing.assert_allclose(probabilities, predictor.predict_proba(converted), atol=1e-5, err_msg=mode)

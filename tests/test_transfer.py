@@ -19,7 +19,7 @@ from kerascnn.data.datasets import from_arrays
 from kerascnn.errors import ConfigError, ModelLoadError
 from kerascnn.models import build_model
 from kerascnn.models.transfer import BACKBONES, build_backbone, build_transfer_model, list_backbones, unfreeze_top
-from kerascnn.runner import run
+from kerascnn.runner import check_config, run
 
 SMALL = {"alpha": 0.35}  # the smallest MobileNetV2, at its 32x32 minimum input: fast enough for tests
 REPO = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def test_cnn_backbone_refuses_a_model_file_without_a_backbone(tmp_path, cnn_run_
 ])
 def test_contradictory_or_impossible_options_are_rejected(values, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(values={"model.backbone": "mobilenet_v2", **values})
+        check_config(load_config(values={"model.backbone": "mobilenet_v2", **values}))
 
 
 def test_transfer_options_need_a_backbone():

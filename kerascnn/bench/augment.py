@@ -1,6 +1,6 @@
 """`kerascnn bench augment`: the legacy ImageDataGenerator against the fast path, in one run.
 
-Both augment the same in-memory images, in the same order, with the seeds' parameters (rotation 20,
+Both augment the same in-memory images, in the same order, with the course notes' parameters (rotation 20,
 shifts 0.1, shear 10, zoom 0.1, horizontal flip, nearest fill) and batch size, and are consumed the
 way training consumes them: the legacy generator's `flow` batch by batch in Python, the fast path's
 tf.data pipeline (batch, parallel augment map, prefetch) inside a TensorFlow graph, as `model.fit`
@@ -65,12 +65,12 @@ def bench_augment(args) -> dict:
         raise KerasCNNError("--images, --batch-size and --rounds must be at least 1")
     import tensorflow as tf
 
-    from kerascnn.data.augment import SEED_AUGMENTATION, FastAugment, LegacyAugment
+    from kerascnn.data.augment import COURSE_AUGMENTATION, FastAugment, LegacyAugment
 
     images, labels = bench_images(args.size, args.images, args.seed)
-    legacy_flow = LegacyAugment(SEED_AUGMENTATION, seed=args.seed).generator.flow(
+    legacy_flow = LegacyAugment(COURSE_AUGMENTATION, seed=args.seed).generator.flow(
         images, labels, batch_size=args.batch_size, shuffle=False, seed=args.seed)
-    fast_augment = FastAugment(SEED_AUGMENTATION, seed=args.seed)
+    fast_augment = FastAugment(COURSE_AUGMENTATION, seed=args.seed)
 
     def legacy_pass() -> int:
         return sum(len(legacy_flow[index][0]) for index in range(len(legacy_flow)))

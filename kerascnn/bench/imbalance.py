@@ -25,10 +25,11 @@ def add_arguments(parser) -> None:
 
 def imbalanced_digits(rare: list[int], fraction: float, seed: int):
     """An ImageData of digits whose `rare` classes keep `fraction` of their training/validation images."""
-    from kerascnn.data.datasets import DATASETS, _stratified_split, from_arrays
+    from kerascnn.data.datasets import DATASETS, from_arrays
+    from kerascnn.data.imagedata import stratified_split
 
     images, labels, _, _, names = DATASETS["digits"].loader()
-    train_idx, test_idx = _stratified_split(labels, 0.2, seed, "test")
+    train_idx, test_idx = stratified_split(labels, 0.2, seed, "test")
     rng = np.random.default_rng(seed)
     keep = [i for i in train_idx if labels[i] not in rare]
     for k in rare:

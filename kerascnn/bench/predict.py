@@ -20,8 +20,7 @@ import numpy as np
 
 from kerascnn.bench import register_bench
 from kerascnn.errors import KerasCNNError
-
-SAVED_MODEL_DIR = "saved_model"
+from kerascnn.rundir import H5_FILE, KERAS_FILE, SAVED_MODEL_DIR
 
 
 def add_arguments(parser) -> None:
@@ -32,7 +31,7 @@ def add_arguments(parser) -> None:
 
 def run_artifacts(run_dir: Path) -> list[Path]:
     """The run's model files and its newest SavedModel version, in a stable order."""
-    found = [run_dir / name for name in ("model.keras", "model.h5") if (run_dir / name).is_file()]
+    found = [run_dir / name for name in (KERAS_FILE, H5_FILE) if (run_dir / name).is_file()]
     versions = [p for p in (run_dir / SAVED_MODEL_DIR).glob("*") if p.name.isdigit()]
     if versions:
         found.append(max(versions, key=lambda p: int(p.name)))

@@ -1,4 +1,4 @@
-"""Transfer-learning benchmarks: the seeds' four cases without ImageNet, and a check of the backbone table.
+"""Transfer-learning benchmarks: the course notes' four cases without ImageNet, and a check of the backbone table.
 
 `kerascnn bench transfer` pre-trains kerascnn's `cnn` on Fashion-MNIST classes 0-4 (T-shirt/top,
 Trouser, Pullover, Dress, Coat), saves it as a backbone, then learns classes 5-9 (Sandal, Shirt,
@@ -47,8 +47,8 @@ def run_transfer(args) -> dict:
     from kerascnn.data.datasets import load_data
     from kerascnn.evaluation import evaluate
     from kerascnn.models import build_model
-    from kerascnn.models.transfer import build_transfer_model, fine_tune
-    from kerascnn.training import train
+    from kerascnn.models.transfer import build_transfer_model
+    from kerascnn.training import fine_tune, train
 
     keras.utils.set_random_seed(args.seed)
     source = load_data(DataConfig(dataset="fashion_mnist", classes=SOURCE_CLASSES), seed=args.seed)

@@ -11,13 +11,11 @@
   (Keras 3 keeps it only under `keras.src.legacy`) reading the training split its own way: `flow`
   over in-memory arrays, `flow_from_dataframe` over an image folder's training files.
 
-Why OpenCV: measured inside the same tf.data pipeline on the 2-core dev machine (process CPU time
-per image, batch 32), `cv2.warpAffine` (SIMD bilinear resampling, one call an image) cost 11 us at
-28x28x1 and 540 us at 224x224x3, where one `ImageProjectiveTransformV3` per batch (matrices drawn
-with TF ops) cost 14 us and 1400 us, and the legacy generator 65 us and 4400 us. tf.data runs
-batches in parallel, so OpenCV's own thread pool is set to one thread: on images this small its
-per-call threading costs more than it gains. Figures of `kerascnn bench augment` are in
-docs/benchmarks.md.
+Why OpenCV: inside the same tf.data pipeline, `cv2.warpAffine` (SIMD bilinear resampling, one call
+an image) cost less CPU per image than one `ImageProjectiveTransformV3` per batch and far less than
+the legacy generator (the measured figures, and `kerascnn bench augment`'s, are in
+docs/benchmarks.md). tf.data runs batches in parallel, so OpenCV's own thread pool is set to one
+thread: on images this small its per-call threading costs more than it gains.
 
 Differences from ImageDataGenerator, all deliberate:
 - `width_shift_range` shifts horizontally by a fraction of the width and rotations/zooms turn about
@@ -36,19 +34,23 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from kerascnn.config import AugmentConfig
-from kerascnn.data.datasets import ImageData
+from kerascnn.config import AugmentConfig, RunConfig
+from kerascnn.data.datasets import load_data
+from kerascnn.data.imagedata import ImageData
 from kerascnn.errors import ConfigError
 
-# The ImageDataGenerator parameters used by the seeds' notebooks: the benchmark's parameters, and what
-# `kerascnn augment-preview` shows when the configuration augments nothing.
-SEED_AUGMENTATION = AugmentConfig(rotation_range=20, width_shift_range=0.1, height_shift_range=0.1, shear_range=10,
-                                  zoom_range=0.1, horizontal_flip=True, fill_mode="nearest")
+# The ImageDataGenerator parameters of the course notes' augmentation example: the benchmark's
+# parameters, and what `kerascnn augment-preview` shows when the configuration augments nothing.
+COURSE_AUGMENTATION = AugmentConfig(rotation_range=20, width_shift_range=0.1, height_shift_range=0.1,
+                                    shear_range=10, zoom_range=0.1, horizontal_flip=True, fill_mode="nearest")
 
 # fill_mode -> OpenCV border mode; "nearest" and "reflect" are the same extensions as scipy's.
 BORDER_MODES = {"constant": cv2.BORDER_CONSTANT, "nearest": cv2.BORDER_REPLICATE, "reflect": cv2.BORDER_REFLECT,
@@ -263,3 +265,16 @@ def save_preview(images: np.ndarray, titles: list[str], augment: FastAugment | L
             axis.set_axis_off()
             axis.set_title(titles[row] if column == 0 else f"augmented {column}", fontsize=8)
     figure.savefig(path, dpi=100)
+
+
+def write_preview(config: RunConfig, path: Path, images: int = 8, variants: int = 6) -> None:
+    """`save_preview` of the first `images` training images of `config`'s dataset under its augmentation
+    (the course notes' parameters, with the configured backend, when the config augments nothing)."""
+    augment_config = config.augment
+    if not augment_config.enabled:
+        augment_config = dataclasses.replace(COURSE_AUGMENTATION, backend=augment_config.backend)
+    data = load_data(config.data, seed=config.run.seed)
+    pixels, labels = next(data.train.batch(images).as_numpy_iterator())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_preview(pixels, [data.class_names[label] for label in labels], make_augment(augment_config, config.run.seed),
+                 path, variants=variants)

@@ -10,60 +10,26 @@ and numpy arrays through `from_arrays`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import gzip
+import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
-from sklearn.model_selection import train_test_split
-
 from kerascnn.config import DataConfig
-from kerascnn.errors import DataError
+from kerascnn.data.duplicates import array_hash, first_of_each
+from kerascnn.data.folder import load_folder
+from kerascnn.data.imagedata import ImageData, cap_examples, check_classes, select_classes, stratified_split
+from kerascnn.data.table import load_table, table_path
+from kerascnn.data.tfds_source import load_tfds
+from kerascnn.errors import DataError, suggest
 
-if TYPE_CHECKING:
-    from kerascnn.data.folder import FolderScan
-
+log = logging.getLogger(__name__)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-@dataclasses.dataclass
-class ImageData:
-    """A dataset split three ways; every element is (pixels float32 HWC 0..255, label int32).
-
-    Attributes:
-        name: the dataset as the user named it.
-        class_names: label index -> name.
-        input_shape: (height, width, channels) of the images the model sees.
-        train, validation, test: unbatched tf.data datasets.
-        counts: number of images in each split.
-        arrays: the numpy arrays behind each split for in-memory sources (None for streamed ones).
-        files: the image paths and labels behind each split for image folders (None otherwise).
-        folder_scan: for image folders and label tables, what the scan found and skipped (a
-            `FolderScan`; None otherwise).
-        multi_label: labels are float32 multi-hot rows (several classes an image) instead of int32
-            class indices; the model then ends in sigmoids (default False).
-    """
-
-    name: str
-    class_names: list[str]
-    input_shape: tuple[int, int, int]
-    train: tf.data.Dataset
-    validation: tf.data.Dataset
-    test: tf.data.Dataset
-    counts: dict[str, int]
-    arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
-    files: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
-    folder_scan: FolderScan | None = None
-    multi_label: bool = False
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,41 +114,6 @@ def describe_sources() -> list[tuple[str, str]]:
     return rows
 
 
-def _stratified_split(n_or_labels, fraction: float, seed: int, what: str):
-    """Indices (kept, held_out) with `fraction` held out, stratified by label (scikit-learn)."""
-    labels = np.asarray(n_or_labels)
-    index = np.arange(len(labels))
-    try:
-        return train_test_split(index, test_size=fraction, stratify=labels, random_state=seed)
-    except ValueError as exc:
-        counts = np.bincount(labels)
-        raise DataError(f"cannot split off a stratified {what} set ({exc}); the smallest class has "
-                        f"{counts[counts > 0].min()} images: add images or lower the split fraction") from None
-
-
-def select_classes(labels: np.ndarray, classes: tuple[int, ...] | None, class_names: list[str]):
-    """Boolean mask of kept examples, new labels 0..k-1 in `classes` order, and their names."""
-    if classes is None:
-        return np.ones(len(labels), bool), labels, class_names
-    for c in classes:
-        if c >= len(class_names):
-            raise DataError(f"data.classes has index {c} but the dataset has {len(class_names)} classes "
-                            f"(0..{len(class_names) - 1})")
-    remap = np.full(max(len(class_names), int(labels.max()) + 1), -1)
-    remap[list(classes)] = np.arange(len(classes))
-    new_labels = remap[labels]
-    return new_labels >= 0, new_labels, [class_names[c] for c in classes]
-
-
-def cap_examples(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
-    """Indices of at most `limit` examples, drawn stratified and seeded."""
-    index = np.arange(len(labels))
-    if limit is None or limit >= len(labels):
-        return index
-    kept, _ = train_test_split(index, train_size=limit, stratify=labels, random_state=seed)
-    return np.sort(kept)
-
-
 def from_arrays(x_train, y_train, x_test=None, y_test=None, class_names=None, config: DataConfig | None = None,
                 seed: int = 42, name: str = "arrays") -> ImageData:
     """An ImageData from numpy arrays (raw pixels NHWC or NHW, integer labels).
@@ -209,8 +140,8 @@ def from_arrays(x_train, y_train, x_test=None, y_test=None, class_names=None, co
     if x_test is None:
         keep, labels, class_names = select_classes(y_train, config.classes, class_names)
         x_all, y_all = x_train[keep], labels[keep]
-        _check_classes(y_all, class_names, name)
-        train_idx, test_idx = _stratified_split(y_all, config.test_split, seed, "test")
+        check_classes(y_all, class_names, name)
+        train_idx, test_idx = stratified_split(y_all, config.test_split, seed, "test")
         x_train, y_train, x_test, y_test = x_all[train_idx], y_all[train_idx], x_all[test_idx], y_all[test_idx]
     else:
         x_test = np.asarray(x_test)
@@ -220,8 +151,8 @@ def from_arrays(x_train, y_train, x_test=None, y_test=None, class_names=None, co
         x_train, y_train = x_train[keep], y_train[keep]
         keep, y_test, _ = select_classes(y_test, config.classes, class_names)
         x_test, y_test, class_names = x_test[keep], y_test[keep], class_names_kept
-        _check_classes(y_train, class_names, name)
-    train_idx, val_idx = _stratified_split(y_train, config.validation_split, seed, "validation")
+        check_classes(y_train, class_names, name)
+    train_idx, val_idx = stratified_split(y_train, config.validation_split, seed, "validation")
     x_val, y_val = x_train[val_idx], y_train[val_idx]
     capped = train_idx[cap_examples(y_train[train_idx], config.max_train_examples, seed)]
     x_train, y_train = x_train[capped], y_train[capped]
@@ -235,10 +166,6 @@ def from_arrays(x_train, y_train, x_test=None, y_test=None, class_names=None, co
 def _deduplicate(x_train, y_train, x_test, y_test, name: str):
     """`data.deduplicate` for arrays: the first of each set of identical images, and no test image that
     equals a training image."""
-    import logging
-
-    from kerascnn.data.duplicates import array_hash, first_of_each
-
     hashes = [array_hash(image) for image in x_train]
     keep = first_of_each(hashes)
     dropped = int((~keep).sum())
@@ -250,14 +177,8 @@ def _deduplicate(x_train, y_train, x_test, y_test, name: str):
         dropped += int((~fresh).sum())
         x_test, y_test = np.asarray(x_test)[fresh], np.asarray(y_test)[fresh]
     if dropped:
-        logging.getLogger(__name__).warning("data.deduplicate: dropped %d duplicate images of %s", dropped, name)
+        log.warning("data.deduplicate: dropped %d duplicate images of %s", dropped, name)
     return x_train, y_train, x_test, y_test
-
-
-def _check_classes(labels: np.ndarray, class_names: list[str], name: str) -> None:
-    present = np.unique(labels)
-    if len(present) < 2:
-        raise DataError(f"dataset {name!r} has {len(present)} class with images; a classifier needs at least 2")
 
 
 def _array_dataset(x: np.ndarray, y: np.ndarray, image_size: tuple[int, int]) -> tf.data.Dataset:
@@ -286,22 +207,15 @@ def load_data(config: DataConfig | str = "digits", seed: int = 42) -> ImageData:
     if isinstance(config, str):
         config = DataConfig(dataset=config)
     dataset = config.dataset
-    from kerascnn.data.table import load_table, table_path
-
     if table_path(config) is not None:
         return load_table(config, seed)
     if dataset.startswith("tfds:"):
-        from kerascnn.data.tfds_source import load_tfds
-
         return load_tfds(dataset[len("tfds:"):], config, seed)
     if dataset in DATASETS:
         x_train, y_train, x_test, y_test, names = DATASETS[dataset].loader()
         return from_arrays(x_train, y_train, x_test, y_test, names, config, seed, name=dataset)
     if "/" in dataset or Path(dataset).exists() or dataset.startswith("."):
-        from kerascnn.data.folder import load_folder
-
         return load_folder(Path(dataset), config, seed)
-    close = difflib.get_close_matches(dataset, DATASETS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = suggest(dataset, DATASETS, cutoff=0.6)
     raise DataError(f"unknown dataset {dataset!r}{hint}; use one of {', '.join(DATASETS)}, tfds:<name>, or the "
                     f"path of an image folder")

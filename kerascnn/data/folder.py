@@ -30,15 +30,17 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+from sklearn.model_selection import train_test_split
 
 from kerascnn.config import DataConfig
-from kerascnn.data.decode import decode_encoded_image, decode_native
+from kerascnn.data.decode import IMAGE_EXTENSIONS, decode_encoded_image, decode_native
+from kerascnn.data.duplicates import content_hash, first_of_each
+from kerascnn.data.imagedata import ImageData, cap_examples, select_classes, stratified_split
 from kerascnn.errors import DataError
+from kerascnn.rundir import SKIPPED_FILES_CSV
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SYSTEM_FILES = ("thumbs.db", "ehthumbs.db", "desktop.ini", ".ds_store")
 DEFAULT_FOLDER_IMAGE_SIZE = (64, 64)
-SKIPPED_FILES_CSV = "skipped_files.csv"
 STRICT_LISTED = 5  # skipped files named in a strict-mode error; the rest are counted
 log = logging.getLogger(__name__)
 
@@ -236,7 +238,7 @@ def file_dataset(paths, labels, channels: int, image_size: tuple[int, int]) -> t
     return ds.map(lambda p, y: (decode_image(p, channels, image_size), y), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def load_folder(root: Path, config: DataConfig, seed: int):
+def load_folder(root: Path, config: DataConfig, seed: int) -> ImageData:
     """An ImageData over an image folder, split stratified into train/validation/test."""
     return split_scan(scan_folder(root, strict=config.strict), config, seed, str(root))
 
@@ -245,9 +247,6 @@ def split_scan(scan: FolderScan, config: DataConfig, seed: int, name: str):
     """An ImageData over the files of a scan (an image folder's or a label table's), split into
     train/validation/test: stratified for one label per image, at random for multi-label rows.
     With `config.deduplicate`, exact duplicate files (same bytes) are dropped first, keeping the first."""
-    from kerascnn.data.datasets import ImageData, cap_examples, select_classes
-    from kerascnn.data.duplicates import content_hash, first_of_each
-
     multi_label = scan.labels.ndim == 2
     paths = np.asarray(scan.paths)
     labels, class_names = scan.labels, scan.class_names
@@ -283,12 +282,8 @@ def split_scan(scan: FolderScan, config: DataConfig, seed: int, name: str):
 
 def _split(strata, count: int, fraction: float, seed: int, what: str):
     """(kept, held out) indices: stratified by `strata`, or seeded at random when it is None."""
-    from sklearn.model_selection import train_test_split
-
-    from kerascnn.data.datasets import _stratified_split
-
     if strata is not None:
-        return _stratified_split(strata, fraction, seed, what)
+        return stratified_split(strata, fraction, seed, what)
     if count < 3:
         raise DataError(f"cannot split off a {what} set from {count} images; add images")
     return train_test_split(np.arange(count), test_size=fraction, random_state=seed)

@@ -28,9 +28,10 @@ import numpy as np
 import pandas as pd
 
 from kerascnn.config import DataConfig
-from kerascnn.data.folder import (IMAGE_EXTENSIONS, SKIPPED_FILES_CSV, STRICT_LISTED, FolderScan, SkippedFile,
-                                  _validate, split_scan)
+from kerascnn.data.decode import IMAGE_EXTENSIONS
+from kerascnn.data.folder import STRICT_LISTED, FolderScan, SkippedFile, _validate, split_scan
 from kerascnn.errors import DataError, suggest
+from kerascnn.rundir import SKIPPED_FILES_CSV
 
 FILE_COLUMNS = ("filename", "path", "image", "file")
 LABEL_COLUMNS = ("label", "labels")

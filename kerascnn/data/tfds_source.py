@@ -10,7 +10,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from kerascnn.config import DataConfig
-from kerascnn.errors import DataError
+from kerascnn.data.imagedata import ImageData
+from kerascnn.errors import DataError, first_line
 
 
 def _split_names(splits, config: DataConfig) -> dict[str, str]:
@@ -36,16 +37,14 @@ def _count(ds: tf.data.Dataset) -> int:
     return known if known >= 0 else int(ds.reduce(0, lambda n, _: n + 1))
 
 
-def load_tfds(name: str, config: DataConfig, seed: int):
+def load_tfds(name: str, config: DataConfig, seed: int) -> ImageData:
     """An ImageData over a tensorflow-datasets image classification dataset."""
-    import tensorflow_datasets as tfds
-
-    from kerascnn.data.datasets import ImageData
+    import tensorflow_datasets as tfds  # heavy: imported only when a tfds: dataset is asked for
 
     try:
         builder = tfds.builder(name)
     except Exception as exc:  # tfds raises DatasetNotFoundError and friends, all with long messages
-        raise DataError(f"tfds dataset {name!r} is unknown to tensorflow-datasets: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"tfds dataset {name!r} is unknown to tensorflow-datasets: {first_line(exc)}") from None
     info = builder.info
     if "label" not in info.features or "image" not in info.features:
         raise DataError(f"tfds dataset {name!r} has no 'image' and 'label' features; kerascnn needs an image "
@@ -64,7 +63,7 @@ def load_tfds(name: str, config: DataConfig, seed: int):
                              shuffle_files=False, read_config=tfds.ReadConfig(shuffle_seed=seed))
     except Exception as exc:  # download and preparation errors
         raise DataError(f"tfds dataset {name!r} could not be loaded ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0]}); download it once with network access") from None
+                        f"{first_line(exc)}); download it once with network access") from None
     keep = None if config.classes is None else tf.constant(list(config.classes), tf.int64)
 
     def prepare(ds: tf.data.Dataset) -> tf.data.Dataset:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import keras
 
-# The seeds' weight-initialisation chapter: the "general rule" draws weights with scale 1/sqrt(n),
+# The course notes' weight-initialisation chapter: the "general rule" draws weights with scale 1/sqrt(n),
 # n = fan-in, either uniform in [-1/sqrt(n), 1/sqrt(n)] or normal with std 1/sqrt(n).
 SEED_INITIALIZERS = {
     "general_rule_uniform": dict(scale=1.0 / 3.0, mode="fan_in", distribution="uniform"),
@@ -17,7 +17,7 @@ SEED_INITIALIZERS = {
 
 
 def initializer(name: str):
-    """A Keras initializer by name; also accepts the seeds' `general_rule_uniform|normal`."""
+    """A Keras initializer by name; also accepts the course notes' `general_rule_uniform|normal`."""
     if name in SEED_INITIALIZERS:
         return keras.initializers.VarianceScaling(**SEED_INITIALIZERS[name])
     try:
@@ -51,7 +51,7 @@ def mlp_layers(num_classes: int, hidden: tuple[int, ...], dropout: float, kernel
 def cnn_layers(input_shape: tuple[int, int, int], num_classes: int, filters: tuple[int, ...], dense: int,
                conv_dropout: float, dropout: float, kernel_initializer: str) -> list:
     """Rescaling, conv blocks (3x3 same, ReLU, 2x2 max-pool while the map is >= 2 px), dropout,
-    Flatten, Dense(ReLU), dropout, Dense(softmax): the seeds' CIFAR net, sized to any input."""
+    Flatten, Dense(ReLU), dropout, Dense(softmax): the course notes' CIFAR net, sized to any input."""
     _check_rate("conv_dropout", conv_dropout)
     _check_rate("dropout", dropout)
     height, width = input_shape[:2]

@@ -7,11 +7,10 @@ in a config may set; they are checked against the builder's signature before any
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Callable
 
-from kerascnn.errors import ConfigError
+from kerascnn.errors import ConfigError, suggest
 
 _BUILDERS: dict[str, Callable] = {}
 
@@ -41,8 +40,7 @@ def _load_builders() -> None:
 def get_builder(name: str) -> Callable:
     _load_builders()
     if name not in _BUILDERS:
-        close = difflib.get_close_matches(name, _BUILDERS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = suggest(name, _BUILDERS, cutoff=0.6)
         raise ConfigError(f"unknown model {name!r}{hint}; models: {', '.join(sorted(_BUILDERS))}")
     return _BUILDERS[name]
 
@@ -57,8 +55,7 @@ def check_builder_options(name: str, options: dict) -> None:
     valid = builder_options(name)
     for key in options:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = suggest(key, valid, cutoff=0.6)
             raise ConfigError(f"model {name!r} has no option {key!r}{hint}; options: {', '.join(valid)}")
 
 

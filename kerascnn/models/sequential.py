@@ -1,4 +1,4 @@
-"""The seeds' networks as `keras.Sequential` models: `mlp` (MNIST MLP) and `cnn` (CIFAR net)."""
+"""The course notes' networks as `keras.Sequential` models: `mlp` (MNIST MLP) and `cnn` (CIFAR net)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Transfer learning over `keras.applications` backbones (and kerascnn's own `cnn`): the seeds' four cases.
+"""Transfer learning over `keras.applications` backbones (and kerascnn's own `cnn`): the course notes' four cases.
 
 The backbone table maps a name to a row (constructor, `preprocess_input`, default and minimum input
 size, channels, named cut points). `kerascnn backbones` and the model builder read the same table.
@@ -8,7 +8,7 @@ inside it, grayscale becomes 3 channels, images are resized up to the backbone's
 the backbone's own `preprocess_input` runs as a registered layer, so artifacts need no client-side
 preprocessing and `.keras` files still load with Keras safe_mode (which refuses Lambda layers).
 
-Strategies (the seeds' four cases, chosen by dataset size and similarity to the pre-training data):
+Strategies (the course notes' four cases, chosen by dataset size and similarity to the pre-training data):
     feature_extraction  small, similar: backbone frozen, new head (pooling, dropout, softmax).
     truncate            small, different: backbone cut at an early layer (`cut_at`), frozen, new head.
     fine_tune           large, similar: head first, then the top `unfreeze` layers at learning rate x 0.1,
@@ -22,9 +22,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
-import math
 import os
 import re
 from pathlib import Path
@@ -32,10 +30,11 @@ from typing import Callable
 
 import keras
 
-from kerascnn.errors import ConfigError, ModelLoadError
+from kerascnn.config import ModelConfig
+from kerascnn.errors import ConfigError, ModelLoadError, first_line, suggest
+from kerascnn.safety import load_keras_model
 
 DEFAULT_UNFREEZE = 20  # as in the Keras fine-tuning guide: the top 20 layers
-FINE_TUNE_RATE_FACTOR = 0.1
 BACKBONE_LAYER = "backbone"
 CNN_FEATURES_LAYER = "conv_dropout"  # the `cnn` builder's last feature map, before Flatten and the dense head
 HEAD_OPTIONS = {"dropout": 0.2, "size": None, "pooling": None}
@@ -155,8 +154,7 @@ def list_backbones() -> list[dict]:
 
 def get_backbone(name: str) -> Backbone:
     if name not in BACKBONES:
-        close = difflib.get_close_matches(name, BACKBONES, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = suggest(name, BACKBONES)
         raise ConfigError(f"unknown backbone {name!r}{hint}; run `kerascnn backbones` for the {len(BACKBONES)} names")
     return BACKBONES[name]
 
@@ -167,8 +165,7 @@ def check_backbone_options(backbone: str, options: dict) -> None:
     valid = sorted({**HEAD_OPTIONS, **row.options()})
     for key in options:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = suggest(key, valid, cutoff=0.6)
             raise ConfigError(f"backbone {backbone!r} has no option {key!r}{hint}; options: {', '.join(valid)}")
     size = options.get("size")
     if size is not None and (not isinstance(size, int) or size < row.min_size):
@@ -212,24 +209,19 @@ def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _construct(name: str, row: Backbone, input_shape: tuple[int, int, int], weights: str | None,
                options: dict) -> keras.Model:
     """The headless network, with ImageNet weights through keras.applications' own download-and-cache path."""
     try:
         return row.constructor(include_top=False, weights=weights, input_shape=input_shape, **options)
     except ValueError as exc:  # keras.applications validates sizes and options with ValueError
-        raise ConfigError(f"cannot build backbone {name!r} for input {input_shape}: {_first_line(exc)}") from None
+        raise ConfigError(f"cannot build backbone {name!r} for input {input_shape}: {first_line(exc)}") from None
     except Exception as exc:  # keras.utils.get_file raises a bare Exception when the download fails
         if weights != "imagenet":
             raise
         match = re.search(r"https?://\S+/([^/\s:]+)", str(exc))  # get_file's "URL fetch failure on URL: ..."
         file = match.group(1) if match else "the weights file"
-        reason = _first_line(exc).split(" -- ")[-1]
+        reason = first_line(exc).split(" -- ")[-1]
         raise ModelLoadError(f"ImageNet weights for {name!r} are not in the Keras cache and could not be downloaded "
                              f"({reason}); put {file} into {keras_cache_dir()} or pass --weights PATH "
                              f"(or --weights none)") from None
@@ -237,9 +229,7 @@ def _construct(name: str, row: Backbone, input_shape: tuple[int, int, int], weig
 
 def _saved_backbone(path: Path) -> keras.Model:
     """The feature network inside a kerascnn `.keras` model: its `backbone` layer, or a `cnn` cut at its head."""
-    from kerascnn.predict import KerasRuntime
-
-    model = KerasRuntime(path).model
+    model = load_keras_model(path)
     names = {layer.name for layer in model.layers}
     if BACKBONE_LAYER in names:
         return model.get_layer(BACKBONE_LAYER)
@@ -263,7 +253,7 @@ def _load_weights(network: keras.Model, name: str, path: Path) -> None:
             raise ModelLoadError(f"weights file {str(path)!r} must end in .keras, .weights.h5 or .h5")
     except (ValueError, KeyError, OSError) as exc:
         raise ModelLoadError(f"weights file {str(path)!r} does not fit backbone {name!r} "
-                             f"({_first_line(exc)[:160]}); pass weights saved from the same architecture") from None
+                             f"({first_line(exc)[:160]}); pass weights saved from the same architecture") from None
 
 
 def _cut(network: keras.Model, name: str, row: Backbone, cut_at: int | str) -> keras.KerasTensor:
@@ -275,8 +265,7 @@ def _cut(network: keras.Model, name: str, row: Backbone, cut_at: int | str) -> k
     else:
         names = [layer.name for layer in network.layers]
         if cut_at not in names:
-            close = difflib.get_close_matches(cut_at, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = suggest(cut_at, names, cutoff=0.6)
             raise ConfigError(f"backbone {name!r} has no layer {cut_at!r}{hint}; cut points: "
                               f"{', '.join(row.cut_points)} (or a layer index)")
         layer = network.get_layer(cut_at)
@@ -341,9 +330,8 @@ def build_transfer_model(backbone: str, input_shape, num_classes: int, transfer:
     Example:
         model = build_transfer_model("cnn", (28, 28, 1), 5, "truncate", "run/model.keras", cut_at="pool_1")
     """
-    from kerascnn.config import ModelConfig
-
     ModelConfig(backbone=backbone, transfer=transfer, weights=weights, cut_at=cut_at, options=options)  # validates
+    check_backbone_options(backbone, options)
     weights = weights or ("none" if transfer == "from_scratch" else "imagenet")
     backbone_options = dict(options)
     dropout, size, pooling = (backbone_options.pop(key, default) for key, default in HEAD_OPTIONS.items())
@@ -388,44 +376,3 @@ def unfreeze_top(model: keras.Model, layers: int = DEFAULT_UNFREEZE) -> int:
     for layer in body:
         layer.trainable = layer in top and not isinstance(layer, keras.layers.BatchNormalization)
     return sum(layer.trainable for layer in body)
-
-
-def fine_tune_configs(config):
-    """The TrainConfigs of both fine_tune phases: the first half of the epochs (rounded up) trains the
-    head; the rest fine-tune at learning rate x 0.1 without warm-up. Raises ConfigError if impossible."""
-    head_epochs = math.ceil(config.epochs / 2)
-    if config.epochs < 2 or config.warmup_epochs >= head_epochs:
-        raise ConfigError(f"model.transfer = fine_tune trains the head for the first half of train.epochs, then "
-                          f"fine-tunes: it needs train.epochs >= 2 and train.warmup_epochs < {head_epochs} "
-                          f"(got epochs {config.epochs}, warmup_epochs {config.warmup_epochs})")
-    return (dataclasses.replace(config, epochs=head_epochs),
-            dataclasses.replace(config, epochs=config.epochs - head_epochs, warmup_epochs=0,
-                                learning_rate=config.learning_rate * FINE_TUNE_RATE_FACTOR))
-
-
-def fine_tune(model: keras.Model, data, config=None, run_dir=None, unfreeze: int | None = None, **train_options):
-    """Train a transfer model in two phases recorded as one history (fastai's `fine_tune` recipe).
-
-    Phase 1 trains the head with the backbone frozen for the first half of `config.epochs`; phase 2
-    unfreezes the backbone's top `unfreeze` layers (BatchNormalization stays frozen and in inference
-    mode) and trains the rest of the epochs at learning rate x 0.1, without warm-up. Epoch numbers,
-    history.csv and the best checkpoint carry on from phase 1.
-
-    Args:
-        model: a model from `build_transfer_model` (its backbone frozen).
-        data: an ImageData.
-        config: a TrainConfig with epochs >= 2 (default TrainConfig()).
-        run_dir: where checkpoints, history.csv and logs go (None: nothing on disk).
-        unfreeze: layers to unfreeze at the top of the backbone (default 20).
-        **train_options: passed to `kerascnn.training.train` (seed, cache, shuffle_buffer, augment).
-
-    Example:
-        result = fine_tune(model, data, TrainConfig(epochs=6), unfreeze=30)
-    """
-    from kerascnn.config import TrainConfig
-    from kerascnn.training import train
-
-    head_config, tune_config = fine_tune_configs(config or TrainConfig())
-    head = train(model, data, head_config, run_dir, **train_options)
-    unfreeze_top(model, DEFAULT_UNFREEZE if unfreeze is None else unfreeze)
-    return train(model, data, tune_config, run_dir, continue_from=head, **train_options)
