@@ -258,27 +258,33 @@ def file_digest(path: Path) -> tuple[int, str]:
 
 
 def parity(model: keras.Model, predictor: Predictor, data: ImageData, batch_size: int = 256,
-           reference: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+           reference: tuple[np.ndarray, np.ndarray] | None = None, thresholds: list[float] | None = None) -> dict:
     """Agreement of an artifact with the in-memory model over the whole test split.
 
     Returns `top1_agreement`, `max_abs_diff`, `n`, `accuracy` and `accuracy_drop` (the model's test
     accuracy minus the artifact's). `reference`, the model's (probabilities, labels) from
-    `predict_split`, saves recomputing them when several artifacts are checked.
+    `predict_split`, saves recomputing them when several artifacts are checked. For multi-label data
+    (multi-hot labels), the agreement is that of the label sets decided at `thresholds` (default 0.5
+    each) and the accuracy is the subset accuracy at them.
     """
     expected, labels = reference or predict_split(lambda images: model(images, training=False), data, "test",
                                                   batch_size)
     got, _ = predict_split(lambda images: predictor.predict_proba(images, batch_size), data, "test", batch_size)
     expected = np.asarray(expected)
-    if labels.ndim == 2:  # multi-hot: the accuracy of the label decisions at 0.5 (binary accuracy)
-        accuracy = float(((got >= 0.5) == (labels >= 0.5)).mean())
-        accuracy_drop = float(((expected >= 0.5) == (labels >= 0.5)).mean()) - accuracy
+    if labels.ndim == 2:
+        cut = np.asarray(thresholds if thresholds is not None else [0.5] * labels.shape[1], np.float32)[None, :]
+        theirs, ours, truth = got >= cut, expected >= cut, labels >= 0.5
+        # A score within TIE_TOLERANCE of its threshold is a numerical tie: either decision agrees.
+        agrees = ((theirs == ours) | (np.abs(expected - cut) <= TIE_TOLERANCE)).all(axis=1)
+        accuracy = float((theirs == truth).all(axis=1).mean())
+        accuracy_drop = float((ours == truth).all(axis=1).mean()) - accuracy
     else:
         accuracy = float((got.argmax(1) == labels).mean())
         accuracy_drop = float((expected.argmax(1) == labels).mean()) - accuracy
-    # A class the model itself scores within TIE_TOLERANCE of its top class is a numerical tie: an
-    # artifact that picks it agrees (seen on barely trained models: flips at |dp| = 3e-8).
-    their_pick = np.take_along_axis(expected, got.argmax(1)[:, None], axis=1)[:, 0]
-    agrees = their_pick >= expected.max(1) - TIE_TOLERANCE
+        # A class the model itself scores within TIE_TOLERANCE of its top class is a numerical tie: an
+        # artifact that picks it agrees (seen on barely trained models: flips at |dp| = 3e-8).
+        their_pick = np.take_along_axis(expected, got.argmax(1)[:, None], axis=1)[:, 0]
+        agrees = their_pick >= expected.max(1) - TIE_TOLERANCE
     return {"top1_agreement": float(agrees.mean()),
             "max_abs_diff": float(np.abs(expected - got).max()), "n": len(labels), "accuracy": accuracy,
             "accuracy_drop": accuracy_drop}
@@ -381,7 +387,8 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
         for name, spec in planned.items():
             path = staging / name
             spec.writer(model, path, context)
-            check = judge(name, parity(model, Predictor(path), data, reference=reference), spec.exact)
+            check = judge(name, parity(model, Predictor(path), data, reference=reference, thresholds=thresholds),
+                          spec.exact)
             size, sha = file_digest(path)
             checks[name] = {"bytes": size, "sha256": sha, "parity": check}
         move_into_place(staging / LABELS_FILE, run_dir / LABELS_FILE)

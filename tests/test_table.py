@@ -1,6 +1,7 @@
 """Labels from a table: CSV files and DataFrames, single- and multi-label, with every kind of bad row."""
 
 import csv
+import json
 
 import numpy as np
 import pandas as pd
@@ -94,3 +95,21 @@ def test_from_dataframe_and_missing_columns(tmp_path):
         from_dataframe(frame.rename(columns={"label": "lables"}), tmp_path)
     with pytest.raises(DataError, match="image root .* is not a folder"):
         from_dataframe(frame, tmp_path / "nowhere")
+
+
+def test_cli_trains_on_a_table_under_another_image_root_with_balanced_class_weights(tmp_path, capsys):
+    from kerascnn.cli import main
+
+    rows, reasons = _table(tmp_path / "images")
+    table = _write(tmp_path / "labels.csv", rows)  # not beside its images: data.image_root says where
+    code = main(["train", "--dataset", str(table), "--set", f"data.image_root={tmp_path / 'images'}",
+                 "--set", 'train.class_weight="balanced"', "--model", "mlp", "--set", "model.options.hidden=[8]",
+                 "--set", "data.image_size=[8,8]", "--epochs", "1", "--output", str(tmp_path / "runs"), "--name", "t",
+                 "--no-report", "--set", 'export.formats=["keras"]', "--set", "train.verbose=0"])
+    assert code == 0, capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "t"
+    skipped = pd.read_csv(run_dir / "skipped_files.csv")
+    assert {reason.split(":")[0] for reason in skipped["reason"]} == reasons
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["class_names"] == ["cat", "dog"] and manifest["scan"]["skipped"] == len(reasons)
+    assert sum(manifest["counts_per_class"]["train"].values()) == manifest["counts"]["train"]
