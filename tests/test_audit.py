@@ -49,6 +49,9 @@ def _planted_folder(root, digits, per_class=40):
             image.convert("RGB").resize((28, 28), Image.Resampling.LANCZOS).save(buffer, "JPEG", quality=75)
             copy.write_bytes(buffer.getvalue())
         planted[str(copy)] = (str(path), ["exact", "near", "near"][n % 3])
+    conflict = root / "1" / "conflict.png"  # digit 0's image filed under 1 too: one image, two labels
+    shutil.copy(originals[5], conflict)
+    planted[str(conflict)] = (str(originals[5]), "exact")
     return planted
 
 
@@ -63,7 +66,8 @@ def test_planted_duplicates_are_found_with_their_splits(tmp_path, digits):
         group = found.get(frozenset([copy, original]))
         assert group is not None and group["kind"] == kind, (copy, kind)
         assert {m["path"]: m["split"] for m in group["members"]} == {copy: split_of[copy], original: split_of[original]}
-        assert group["across_splits"] == (split_of[copy] != split_of[original]) and group["within_class"]
+        assert group["across_splits"] == (split_of[copy] != split_of[original])
+        assert group["conflicting_labels"] == ("conflict" in copy) != group["within_class"]
     assert len(groups) == len(planted)  # nothing else: no false positive among the distinct digits
     assert any(g["across_splits"] for g in groups)  # leakage is among them (seeded split)
 
