@@ -108,9 +108,13 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
+MEDIAPIPE_ROW = "  in MediaPipe Tasks"
+
+
 def print_artifacts(artifacts: dict) -> None:
-    """The parity table, one line an artifact, then a WARNING line for each artifact that missed its bar."""
-    width = max([len("artifact"), *map(len, artifacts)]) + 2
+    """The parity table, one line an artifact (and one for MediaPipe Tasks under each .tflite file),
+    then a WARNING line for each check that missed its bar."""
+    width = max([len("artifact"), len(MEDIAPIPE_ROW), *map(len, artifacts)]) + 2
     print(f"{'artifact':<{width}}{'bytes':>12}{'vs tflite':>10}{'accuracy':>10}{'top-1 agree':>13}{'max |dp|':>11}"
           f"  check")
     for name, entry in artifacts.items():
@@ -119,9 +123,17 @@ def print_artifacts(artifacts: dict) -> None:
         check = "ok" if parity.get("passed", True) else "FAILED"
         print(f"{name:<{width}}{entry['bytes']:>12}{f'{relative:.2f}x' if relative else '-':>10}"
               f"{parity['accuracy']:>10.4f}{parity['top1_agreement']:>13.4f}{parity['max_abs_diff']:>11.1e}  {check}")
+        mediapipe = entry.get("mediapipe_tasks")
+        if mediapipe and "skipped" in mediapipe:
+            print(f"{MEDIAPIPE_ROW:<{width}}{'-':>12}{'-':>10}{'-':>10}{'-':>13}{'-':>11}  skipped")
+        elif mediapipe:
+            print(f"{MEDIAPIPE_ROW:<{width}}{'-':>12}{'-':>10}{mediapipe['accuracy']:>10.4f}"
+                  f"{mediapipe['top1_agreement']:>13.4f}{mediapipe['max_abs_diff']:>11.1e}  "
+                  f"{'ok' if mediapipe['passed'] else 'FAILED'}")
     for entry in artifacts.values():
-        if "warning" in entry["parity"]:
-            print(f"WARNING: {entry['parity']['warning']}")
+        for check in (entry["parity"], entry.get("mediapipe_tasks") or {}):
+            if "warning" in check:
+                print(f"WARNING: {check['warning']}")
 
 
 # `kerascnn evaluate` flag -> dotted config key.
