@@ -1,5 +1,5 @@
-"""`kerascnn` command line: train | evaluate | export | predict | datasets | augment-preview | bench |
-autoencode | gan | style.
+"""`kerascnn` command line: train | evaluate | export | predict | serve | tune | lr-find | inspect | autoencode |
+gan | style | bench | backbones | datasets | augment-preview | config-reference.
 
 Errors a user can fix are one line on stderr with exit code 2 (1 for a failed export or training);
 `--debug` shows the traceback. TensorFlow's start-up chatter is silenced unless `--debug`.
@@ -155,6 +155,12 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2))
         return EXIT_OK
+    if metrics.get("multi_label"):
+        print(f"{metrics['artifact']} on {metrics['dataset']} ({metrics['n']} test images, multi-label): subset "
+              f"accuracy {metrics['subset_accuracy']:.4f}, Hamming loss {metrics['hamming_loss']:.4f}, mAP "
+              f"{metrics['mean_average_precision']:.4f}, micro F1 {metrics['micro_f1']:.4f}")
+        print(f"report: {report.html_path}")
+        return EXIT_OK
     auc = ", ".join(f"{key} {value:.4f}" for key, value in metrics["roc_auc"].items() if value is not None)
     print(f"{metrics['artifact']} on {metrics['dataset']} ({metrics['n']} test images): accuracy "
           f"{metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, ROC AUC {auc or 'n/a'}")
@@ -188,8 +194,15 @@ def cmd_predict(args) -> int:
     paths = image_paths(args.images)
     if not paths:
         raise KerasCNNError("no images (.png, .jpg, .jpeg, .bmp, .gif) found in the given folders")
-    rows = [{"image": str(path), "predictions": [{"class": c, "probability": round(p, 6)} for c, p in top]}
-            for path, top in zip(paths, predictor.predict(paths, top_k=args.top_k))]
+    if predictor.multi_label:  # every label over its class's threshold, highest score first
+        thresholds = dict(zip(predictor.class_names, predictor.thresholds))
+        rows = [{"image": str(path), "labels": [c for c, _ in found],
+                 "predictions": [{"class": c, "probability": round(p, 6), "threshold": round(thresholds[c], 6)}
+                                 for c, p in found]}
+                for path, found in zip(paths, predictor.predict_labels(paths))]
+    else:
+        rows = [{"image": str(path), "predictions": [{"class": c, "probability": round(p, 6)} for c, p in top]}
+                for path, top in zip(paths, predictor.predict(paths, top_k=args.top_k))]
     if args.json:
         print(json.dumps(rows, indent=2))
     elif args.csv:
@@ -553,6 +566,40 @@ def _add_lr_find(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config value, e.g. --set train.optimizer=sgd (repeatable)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+def cmd_inspect(args) -> int:
+    from kerascnn.audit import inspect, summary_lines
+
+    overrides = list(args.set) + (["data.strict=true"] if args.strict else [])
+    audit = inspect(args.dataset, overrides, seed=args.seed, folds=args.folds, label_issues=args.label_issues,
+                    near_duplicates=args.near_duplicates)
+    if args.output:
+        audit.save(args.output)
+    if args.json:
+        print(json.dumps(audit.result, indent=2))
+        return EXIT_OK
+    for line in summary_lines(audit.result):
+        print(line)
+    if args.output:
+        print(f"audit: {audit.folder / 'audit.html'}")
+    return EXIT_OK
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="audit a dataset: counts, sizes, unreadable files, duplicates and leakage "
+                                       "across splits, label-error candidates (cleanlab)")
+    p.add_argument("dataset", help="dataset name, image-folder path or label CSV")
+    p.add_argument("--json", action="store_true", help="print the audit as one JSON object")
+    p.add_argument("--output", metavar="DIR", help="write audit.html, audit.json, duplicates.csv, label_issues.csv, "
+                                                   "unreadable.csv and label_issues.png into DIR")
+    p.add_argument("--seed", type=int, default=42, help="seed of the splits, as run.seed in training (default 42)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the quick model (default 5)")
+    p.add_argument("--no-label-issues", dest="label_issues", action="store_false",
+                   help="skip the label-error search")
+    p.add_argument("--no-near-duplicates", dest="near_duplicates", action="store_false",
+                   help="look for exact duplicates only")
+    p.add_argument("--strict", action="store_true", help="stop on unusable files or rows instead of listing them")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a data setting, e.g. --set data.image_root=images (repeatable)")
 
 
 def cmd_config_reference(args) -> int:
@@ -604,13 +651,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_style(sub)
     _add_tune(sub)
     _add_lr_find(sub)
+    _add_inspect(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
             "datasets": cmd_datasets, "config-reference": cmd_config_reference, "augment-preview": cmd_augment_preview, "backbones": cmd_backbones,
             "bench": cmd_bench, "serve": cmd_serve, "autoencode": cmd_autoencode, "gan": cmd_gan, "style": cmd_style,
-            "tune": cmd_tune, "lr-find": cmd_lr_find}
+            "tune": cmd_tune, "lr-find": cmd_lr_find, "inspect": cmd_inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,8 +73,19 @@ class DataConfig:
         cache: keep decoded images in memory after the first epoch (default True; folders stream
             from disk when False).
         shuffle_buffer: tf.data shuffle buffer size (default 10000).
-        strict: for image folders, make any file that is not a usable image an error listing them,
-            instead of skipping it into `skipped_files.csv` (default False).
+        strict: for image folders and label tables, make any file that is not a usable image (and any
+            bad row of a table) an error listing them, instead of skipping it into `skipped_files.csv`
+            (default False).
+        labels_csv: a CSV table of labels (`filename,label` or `filename,labels`) to train on; a
+            `data.dataset` ending in `.csv` is read as one too (default: none).
+        image_root: folder the table's file names are relative to (default: the table's own folder).
+        label_separator: separator between the labels of one row of a `labels` column (default " ").
+        multi_label: each image may carry several labels (sigmoid outputs, binary cross-entropy);
+            default: true for a table with a `labels` column or separators in its values, else false.
+        sampling: none | balanced: balanced draws training images of every class equally often
+            (oversampling the rare ones in tf.data); single-label only (default none).
+        deduplicate: drop exact duplicate images (same content) before splitting, keeping the first,
+            so that no image sits on both sides of a split (default False).
     """
 
     dataset: str = "digits"
@@ -86,6 +97,12 @@ class DataConfig:
     cache: bool = True
     shuffle_buffer: int = 10000
     strict: bool = False
+    labels_csv: str | None = None
+    image_root: str | None = None
+    label_separator: str = " "
+    multi_label: bool | None = None
+    sampling: str = "none"
+    deduplicate: bool = False
 
     def __post_init__(self):
         _check(self.dataset.strip() != "" and "\0" not in self.dataset,
@@ -105,8 +122,19 @@ class DataConfig:
             _check(self.max_train_examples > 0,
                    f"data.max_train_examples must be positive, got {self.max_train_examples}")
         _check(self.shuffle_buffer > 0, f"data.shuffle_buffer must be positive, got {self.shuffle_buffer}")
+        _check(self.label_separator != "", "data.label_separator must be a non-empty string, e.g. \" \" or \"|\"")
+        _check(self.sampling in SAMPLINGS, f"data.sampling: unknown sampling {self.sampling!r}"
+               f"{suggest(self.sampling, SAMPLINGS)}; choose from {', '.join(SAMPLINGS)}")
+        _check(not (self.sampling == "balanced" and self.multi_label),
+               "data.sampling = balanced needs one label per image; drop it for multi-label data")
+        for name in ("labels_csv", "image_root"):
+            value = getattr(self, name)
+            _check(value is None or (value.strip() != "" and "\0" not in value),
+                   f"data.{name} must be a path, got {value!r}")
 
 
+SAMPLINGS = ("none", "balanced")
+THRESHOLD_RULES = ("max_f1", "precision", "recall")
 FILL_MODES = ("constant", "nearest", "reflect", "wrap")
 AUGMENT_BACKENDS = ("fast", "legacy")
 
@@ -279,6 +307,9 @@ class TrainConfig:
         backup_every: batches between crash-recovery backups in `checkpoints/backup` (one is also
             written at each epoch end) that `kerascnn train --resume` continues from; 0 turns
             backups off (default 100).
+        class_weight: weigh each training image's loss by its class: balanced (scikit-learn's
+            n_samples / (n_classes * count)) or a table {class name = weight}; single-label only
+            (default: none, every class 1).
     """
 
     epochs: int = 20
@@ -298,6 +329,7 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     backup_every: int = 100
+    class_weight: dict | str | None = None
 
     def __post_init__(self):
         _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
@@ -323,6 +355,13 @@ class TrainConfig:
         _check(self.strategy in STRATEGIES, f"train.strategy: unknown strategy {self.strategy!r}"
                f"{suggest(self.strategy, STRATEGIES)}; choose from {', '.join(STRATEGIES)}")
         _check(self.backup_every >= 0, f"train.backup_every must be >= 0 (0: no backups), got {self.backup_every}")
+        if isinstance(self.class_weight, str):
+            _check(self.class_weight == "balanced", f"train.class_weight must be \"balanced\" or a table "
+                   f"{{class name = weight}}, got {self.class_weight!r}{suggest(self.class_weight, ['balanced'])}")
+        elif self.class_weight is not None:
+            _check(all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                       for w in self.class_weight.values()) and any(w > 0 for w in self.class_weight.values()),
+                   f"train.class_weight must map class names to finite weights >= 0, got {self.class_weight!r}")
 
 
 EXPORT_FORMATS = ("keras", "h5", "saved_model", "tflite", "onnx")
@@ -405,17 +444,29 @@ class EvaluateConfig:
             task, none for multi-class tasks.
         tsne_sample: test images embedded with t-SNE; kept small because the report runs after every
             training (default 500).
+        thresholds: multi-label only: how each class's decision threshold is chosen on the validation
+            split: max_f1 | precision | recall (the lowest threshold reaching `threshold_target` precision,
+            or the highest reaching `threshold_target` recall) (default max_f1).
+        threshold_target: the precision or recall `thresholds` aims at: one number, or a table
+            {class name = target} (default 0.9).
     """
 
     report: bool = True
     target_sensitivity: float = 0.95
     positive_class: str | None = None
     tsne_sample: int = 500
+    thresholds: str = "max_f1"
+    threshold_target: dict | float = 0.9
 
     def __post_init__(self):
         _check(0.0 < self.target_sensitivity <= 1.0,
                f"evaluate.target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
         _check(self.tsne_sample >= 0, f"evaluate.tsne_sample must be >= 0 (0 skips t-SNE), got {self.tsne_sample}")
+        _check(self.thresholds in THRESHOLD_RULES, f"evaluate.thresholds: unknown rule {self.thresholds!r}"
+               f"{suggest(self.thresholds, THRESHOLD_RULES)}; choose from {', '.join(THRESHOLD_RULES)}")
+        targets = self.threshold_target.values() if isinstance(self.threshold_target, dict) else [self.threshold_target]
+        _check(all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 < t <= 1.0 for t in targets),
+               f"evaluate.threshold_target must be in (0, 1] (or a table of such), got {self.threshold_target!r}")
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")  # columns of a trial's history.csv

@@ -18,11 +18,13 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix, log_loss, recall_score,
-                             roc_auc_score, roc_curve, top_k_accuracy_score)
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, classification_report,
+                             confusion_matrix, log_loss, recall_score, roc_auc_score, roc_curve,
+                             top_k_accuracy_score)
 
 from kerascnn.data.imagedata import ImageData
 from kerascnn.errors import ConfigError, first_line, suggest
+from kerascnn.multilabel import choose_thresholds, multilabel_metrics
 
 TOP_K = (3, 5)
 # Grad-CAM reads the last feature map at least this many pixels wide and high, so that a network which
@@ -65,13 +67,25 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dic
             "loss": float(log_loss(labels, probabilities, labels=classes))}
 
 
-def evaluate(model, data: ImageData, batch_size: int = 256) -> dict[str, float]:
-    """Accuracy and loss of a Keras model (or a Predictor) on `data.test`.
+def evaluate(model, data: ImageData, batch_size: int = 256, thresholds: list[float] | None = None) -> dict:
+    """Accuracy and loss of a Keras model (or a Predictor) on `data.test`; for multi-label data, the
+    metrics of `kerascnn.multilabel` at `thresholds` (default: chosen for max F1 on the validation split).
 
     Example:
         evaluate(model, data)  # {"accuracy": 0.97, "loss": 0.11}
     """
+    if data.multi_label:
+        if thresholds is None:
+            thresholds = validation_thresholds(model, data, batch_size=batch_size)
+        return multilabel_metrics(*predict_split(predict_function(model), data, "test", batch_size), thresholds,
+                                  data.class_names)
     return classification_metrics(*predict_split(predict_function(model), data, "test", batch_size))
+
+
+def validation_thresholds(model, data: ImageData, rule: str = "max_f1", target=0.9, batch_size: int = 256) -> list:
+    """Per-class decision thresholds of a multi-label model, chosen on the validation split."""
+    scores, targets = predict_split(predict_function(model), data, "validation", batch_size)
+    return choose_thresholds(scores, targets, data.class_names, rule, target)
 
 
 def predict_function(model) -> Callable[[np.ndarray], np.ndarray]:
@@ -106,6 +120,7 @@ def per_class_table(probabilities: np.ndarray, labels: np.ndarray, class_names: 
         "f1": [report[name]["f1-score"] for name in class_names],
         "support": [int(report[name]["support"]) for name in class_names],
         "roc_auc": one_vs_rest_auc(probabilities, labels),
+        "average_precision": one_vs_rest_average_precision(probabilities, labels),
     }, index=pd.Index(class_names, name="class"))
     table.insert(2, "sensitivity", table["recall"])
     return table
@@ -116,6 +131,14 @@ def one_vs_rest_auc(probabilities: np.ndarray, labels: np.ndarray) -> list[float
     onehot = np.eye(probabilities.shape[1], dtype=int)[labels]
     return [float(roc_auc_score(onehot[:, k], probabilities[:, k])) if 0 < onehot[:, k].sum() < len(labels)
             else None for k in range(probabilities.shape[1])]
+
+
+def one_vs_rest_average_precision(probabilities: np.ndarray, labels: np.ndarray) -> list[float | None]:
+    """Average precision (area under the precision-recall curve) of each class against the rest; None
+    where the test set lacks that class. PR, unlike ROC, shows what a rare class costs in false alarms."""
+    onehot = np.eye(probabilities.shape[1], dtype=int)[labels]
+    return [float(average_precision_score(onehot[:, k], probabilities[:, k])) if onehot[:, k].any() else None
+            for k in range(probabilities.shape[1])]
 
 
 def roc_auc_summary(probabilities: np.ndarray, labels: np.ndarray, positive: int | None) -> dict:
@@ -187,6 +210,9 @@ def diagnostics(probabilities: np.ndarray, labels: np.ndarray, class_names: list
         "n": int(len(labels)),
         "class_names": list(class_names),
         **classification_metrics(probabilities, labels),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, probabilities.argmax(axis=1))),
+        "macro_f1": float(table["f1"].mean()),
+        "mean_average_precision": float(table["average_precision"].dropna().mean()),
         "top_k_accuracy": {f"top_{k}": float(top_k_accuracy_score(labels, probabilities, k=k, labels=classes))
                            for k in TOP_K if k < len(classes)},
         "per_class": {name: _json_row(row) for name, row in table.iterrows()},

@@ -43,7 +43,7 @@ from kerascnn.data.imagedata import ImageData
 from kerascnn.errors import ConfigError, DataError, ExportError, ModelLoadError
 from kerascnn.evaluation import predict_split
 from kerascnn.models.registry import model_input_shape
-from kerascnn.predict import ARTIFACT_METADATA_KEY, Predictor
+from kerascnn.predict import ARTIFACT_METADATA_FILE, ARTIFACT_METADATA_KEY, Predictor
 from kerascnn.rundir import H5_FILE, KERAS_FILE, LABELS_FILE, SAVED_MODEL_DIR, move_into_place
 from kerascnn.tflite_input import takes_rgb_in_tflite, write_rgb_input_saved_model
 from kerascnn.tflite_metadata import write_metadata
@@ -69,6 +69,7 @@ class ExportContext:
     config: ExportConfig
     scratch: Path
     run_name: str = ""
+    thresholds: list[float] | None = None
 
     @functools.cached_property
     def rgb_input(self) -> bool:
@@ -170,6 +171,8 @@ def write_saved_model(model: keras.Model, path: Path, context: ExportContext) ->
     # server still names its classes for `kerascnn.load`.
     (path / "assets.extra").mkdir(exist_ok=True)
     (path / "assets.extra" / LABELS_FILE).write_text("\n".join(context.class_names) + "\n", encoding="utf-8")
+    (path / "assets.extra" / ARTIFACT_METADATA_FILE).write_text(artifact_metadata(context, "saved_model"),
+                                                                encoding="utf-8")
 
 
 def mark_classify_signature(path: Path) -> None:
@@ -189,8 +192,11 @@ def mark_classify_signature(path: Path) -> None:
 
 def artifact_metadata(context: ExportContext, variant: str) -> str:
     """JSON that single-file artifacts carry so they name their classes without labels.txt."""
-    return json.dumps({"class_names": context.class_names, "input_shape": list(context.data.input_shape),
-                       "variant": variant, "kerascnn_version": __version__})
+    metadata = {"class_names": context.class_names, "input_shape": list(context.data.input_shape),
+                "variant": variant, "kerascnn_version": __version__}
+    if context.thresholds is not None:  # multi-label: the per-class decision thresholds travel with the file
+        metadata.update(multi_label=True, thresholds=[float(t) for t in context.thresholds])
+    return json.dumps(metadata)
 
 
 def embed_metadata(flatbuffer: bytes, context: ExportContext, variant: str) -> bytes:
@@ -312,25 +318,36 @@ def file_digest(path: Path) -> tuple[int, str]:
 
 
 def parity(model: keras.Model, predictor: Predictor, data: ImageData, batch_size: int = 256,
-           reference: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+           reference: tuple[np.ndarray, np.ndarray] | None = None, thresholds: list[float] | None = None) -> dict:
     """Agreement of an artifact with the in-memory model over the whole test split.
 
     Returns `top1_agreement`, `max_abs_diff`, `n`, `accuracy` and `accuracy_drop` (the model's test
     accuracy minus the artifact's). `reference`, the model's (probabilities, labels) from
-    `predict_split`, saves recomputing them when several artifacts are checked.
+    `predict_split`, saves recomputing them when several artifacts are checked. For multi-label data
+    (multi-hot labels), the agreement is that of the label sets decided at `thresholds` (default 0.5
+    each) and the accuracy is the subset accuracy at them.
     """
     expected, labels = reference or predict_split(lambda images: model(images, training=False), data, "test",
                                                   batch_size)
     got, _ = predict_split(lambda images: predictor.predict_proba(images, batch_size), data, "test", batch_size)
     expected = np.asarray(expected)
-    accuracy = float((got.argmax(1) == labels).mean())
-    # A class the model itself scores within TIE_TOLERANCE of its top class is a numerical tie: an
-    # artifact that picks it agrees (seen on barely trained models: flips at |dp| = 3e-8).
-    their_pick = np.take_along_axis(expected, got.argmax(1)[:, None], axis=1)[:, 0]
-    agrees = their_pick >= expected.max(1) - TIE_TOLERANCE
+    if labels.ndim == 2:
+        cut = np.asarray(thresholds if thresholds is not None else [0.5] * labels.shape[1], np.float32)[None, :]
+        theirs, ours, truth = got >= cut, expected >= cut, labels >= 0.5
+        # A score within TIE_TOLERANCE of its threshold is a numerical tie: either decision agrees.
+        agrees = ((theirs == ours) | (np.abs(expected - cut) <= TIE_TOLERANCE)).all(axis=1)
+        accuracy = float((theirs == truth).all(axis=1).mean())
+        accuracy_drop = float((ours == truth).all(axis=1).mean()) - accuracy
+    else:
+        accuracy = float((got.argmax(1) == labels).mean())
+        accuracy_drop = float((expected.argmax(1) == labels).mean()) - accuracy
+        # A class the model itself scores within TIE_TOLERANCE of its top class is a numerical tie: an
+        # artifact that picks it agrees (seen on barely trained models: flips at |dp| = 3e-8).
+        their_pick = np.take_along_axis(expected, got.argmax(1)[:, None], axis=1)[:, 0]
+        agrees = their_pick >= expected.max(1) - TIE_TOLERANCE
     return {"top1_agreement": float(agrees.mean()),
             "max_abs_diff": float(np.abs(expected - got).max()), "n": len(labels), "accuracy": accuracy,
-            "accuracy_drop": float((expected.argmax(1) == labels).mean()) - accuracy}
+            "accuracy_drop": accuracy_drop}
 
 
 def judge(name: str, check: dict, exact: bool) -> dict:
@@ -356,7 +373,7 @@ def judge(name: str, check: dict, exact: bool) -> dict:
 
 
 def mediapipe_tasks_parity(name: str, model: keras.Model, path: Path, data: ImageData, exact: bool,
-                           reference: tuple[np.ndarray, np.ndarray]) -> dict:
+                           reference: tuple[np.ndarray, np.ndarray], thresholds: list[float] | None = None) -> dict:
     """`parity` of a `.tflite` file run by MediaPipe Tasks' `ImageClassifier`, judged like the file
     itself (`judge`), or `{"skipped": reason}` where MediaPipe cannot run it (a 1-channel input kept
     with export.tflite_gray_input, int8 I/O). MediaPipe takes uint8 images, so `reference` is the
@@ -370,7 +387,8 @@ def mediapipe_tasks_parity(name: str, model: keras.Model, path: Path, data: Imag
         log.info("%s", exc)
         return {"skipped": str(exc)}
     with classifier:
-        result = judge(f"{name} in MediaPipe Tasks", parity(model, classifier, data, reference=reference), exact)
+        result = judge(f"{name} in MediaPipe Tasks", parity(model, classifier, data, reference=reference,
+                                                            thresholds=thresholds), exact)
         if classifier.class_names != list(data.class_names):
             raise ExportError(f"MediaPipe Tasks reads the classes of {name} as {classifier.class_names[:5]}..., not "
                               f"{list(data.class_names)[:5]}...; nothing was written")
@@ -421,7 +439,8 @@ def _relative_sizes(artifacts: dict, run_dir: Path) -> None:
         entry["size_vs_tflite_float32"] = round(entry["bytes"] / base, 4) if base else None
 
 
-def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: ExportConfig | None = None) -> dict:
+def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: ExportConfig | None = None,
+           thresholds: list[float] | None = None) -> dict:
     """Write, reload and verify every artifact `config` asks for; return the manifest's `artifacts`.
 
     Each entry (keyed by the path relative to `run_dir`, or absolute for a SavedModel in a serving
@@ -429,7 +448,8 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     `max_abs_diff`, `n`, `accuracy`, `accuracy_drop`, `criterion`, `passed`, and `warning` when a
     quantized variant misses its bar); `.tflite` files also have `mediapipe_tasks`, the same parity
     for MediaPipe Tasks' `ImageClassifier` running the file (or `skipped` with MediaPipe's reason).
-    The SavedModel goes to the next integer version of `config.serving_root` (default
+    A multi-label model's `thresholds` (one a class) are embedded in the .tflite/.onnx metadata and the
+    SavedModel's assets.extra. The SavedModel goes to the next integer version of `config.serving_root` (default
     `run_dir/saved_model`). Raises ExportError, leaving existing files
     untouched, if a float artifact disagrees with the model on any test image; DataError if int8 is
     asked for without training images to calibrate on.
@@ -447,7 +467,7 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     try:
         (staging / LABELS_FILE).write_text("\n".join(data.class_names) + "\n", encoding="utf-8")
         context = ExportContext(model, list(data.class_names), data, config, staging / ".scratch",
-                                run_name=run_dir.resolve().name)
+                                run_name=run_dir.resolve().name, thresholds=thresholds)
         reference = predict_split(lambda images: model(images, training=False), data)
         uint8_reference = predict_split(lambda images: model(tf.clip_by_value(tf.round(images), 0, 255), training=False),
                                         data) if any(name.endswith(".tflite") for name in planned) else None
@@ -455,12 +475,13 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
         for name, spec in planned.items():
             path = staging / name
             spec.writer(model, path, context)
-            check = judge(name, parity(model, Predictor(path), data, reference=reference), spec.exact)
+            check = judge(name, parity(model, Predictor(path), data, reference=reference, thresholds=thresholds),
+                          spec.exact)
             size, sha = file_digest(path)
             checks[name] = {"bytes": size, "sha256": sha, "parity": check}
             if name.endswith(".tflite"):
                 checks[name]["mediapipe_tasks"] = mediapipe_tasks_parity(name, model, path, data, spec.exact,
-                                                                          uint8_reference)
+                                                                          uint8_reference, thresholds)
         move_into_place(staging / LABELS_FILE, run_dir / LABELS_FILE)
         artifacts = {}
         for name, entry in checks.items():

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay, roc_curve
+from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_curve
 
 # Above this many classes, confusion cells lose their numbers and ROC curves their legend entries.
 MAX_LABELLED_CLASSES = 20
@@ -86,6 +86,33 @@ def _roc_axes(ax) -> None:
     ax.set_xlabel("1 − specificity (false positive rate)")
     ax.set_ylabel("sensitivity (true positive rate)")
     ax.grid(alpha=0.3)
+
+
+def pr_figure(scores: np.ndarray, targets: np.ndarray, class_names: list[str], per_class: dict) -> Figure:
+    """Precision-recall curves, one a class (one-vs-rest; multi-hot `targets` N x classes), with each
+    class's average precision and, where the metrics give one, its decision threshold marked."""
+    figure = new_figure(7.5, 6.5)
+    ax = figure.subplots()
+    n = len(class_names)
+    for k, (name, color) in enumerate(zip(class_names, _class_colors(n))):
+        row = per_class[name]
+        if row.get("average_precision") is None:
+            continue
+        precision, recall, _ = precision_recall_curve(targets[:, k], scores[:, k])
+        label = f"{name} (AP = {row['average_precision']:.3f})" if n <= MAX_LABELLED_CLASSES else None
+        ax.plot(recall, precision, color=color, linewidth=1.2, alpha=0.85, label=label, drawstyle="steps-post")
+        if "threshold" in row:
+            ax.plot(row["recall"], row["precision"], "o", color=color)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Precision-recall curves, one class vs the rest" + (" (dots: chosen thresholds)"
+                                                                    if any("threshold" in r for r in per_class.values())
+                                                                    else ""))
+    if n <= MAX_LABELLED_CLASSES:
+        ax.legend(loc="lower left", fontsize=8)
+    return figure
 
 
 def roc_figure(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str], metrics: dict) -> Figure:

@@ -26,6 +26,7 @@ from kerascnn.rundir import LABELS_FILE, MANIFEST_FILE
 from kerascnn.safety import load_keras_model
 
 ARTIFACT_METADATA_KEY = "kerascnn"  # metadata entry (JSON) that export embeds in .tflite and .onnx files
+ARTIFACT_METADATA_FILE = "kerascnn.json"  # the same JSON in a SavedModel's assets.extra/
 
 
 class KerasRuntime:
@@ -62,6 +63,9 @@ class SavedModelRuntime:
         self.output_name = "probabilities" if "probabilities" in outputs or len(outputs) != 1 else outputs[0]
         labels = path / "assets.extra" / LABELS_FILE  # written there by kerascnn's export
         self.metadata = {"class_names": labels.read_text(encoding="utf-8").splitlines()} if labels.is_file() else {}
+        embedded = path / "assets.extra" / ARTIFACT_METADATA_FILE
+        if embedded.is_file():
+            self.metadata.update(json.loads(embedded.read_text(encoding="utf-8")))
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -210,6 +214,19 @@ def find_class_names(path: Path, num_classes: int) -> list[str]:
     return [str(i) for i in range(num_classes)]
 
 
+def find_thresholds(path: Path, class_names: list[str]) -> list[float] | None:
+    """A multi-label run's per-class thresholds from the manifest.json beside the artifact (or up to
+    three folders up), or None for a single-label run."""
+    for folder in [path.parent if path.is_file() else path, *list(path.parents)[:3]]:
+        if (folder / MANIFEST_FILE).is_file():
+            manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+            thresholds = manifest.get("thresholds")
+            if thresholds and manifest.get("class_names") == list(class_names):
+                return [float(thresholds[name]) for name in class_names]
+            return None
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def _decoder(channels: int, image_size: tuple[int, int]):
     """Compiled `decode_encoded_image` and `fit_image` for one model input (traced once, reused)."""
@@ -295,6 +312,14 @@ class Predictor:
         num_classes = probe.shape[-1]
         embedded = getattr(self.runtime, "metadata", {}).get("class_names", [])  # carried by the artifact itself
         self.class_names = embedded if len(embedded) == num_classes else find_class_names(self.path, num_classes)
+        carried = getattr(self.runtime, "metadata", {}).get("thresholds")
+        self.thresholds = carried if carried and len(carried) == num_classes else find_thresholds(self.path,
+                                                                                                   self.class_names)
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the artifact is a multi-label model (it has per-class thresholds)."""
+        return self.thresholds is not None
 
     def predict_proba(self, images, batch_size: int = 256) -> np.ndarray:
         """Probabilities (N x classes) for paths, encoded bytes, PIL images or raw-pixel arrays."""
@@ -311,6 +336,17 @@ class Predictor:
         probabilities = self.predict_proba(images)
         order = np.argsort(-probabilities, axis=1)[:, :top_k]
         return [[(self.class_names[i], float(p[i])) for i in row] for p, row in zip(probabilities, order)]
+
+
+    def predict_labels(self, images) -> list[list[tuple[str, float]]]:
+        """For a multi-label artifact: each image's (class name, score) pairs over their class's threshold,
+        highest score first (an empty list when no class reaches its threshold)."""
+        if self.thresholds is None:
+            raise ConfigError(f"{self.path} is not a multi-label model (it carries no per-class thresholds); use "
+                              f"predict() for its top classes")
+        scores = self.predict_proba(images)
+        return [[(self.class_names[k], float(row[k])) for k in np.argsort(-row) if row[k] >= self.thresholds[k]]
+                for row in scores]
 
 
 def load(path: str | Path, unsafe: bool = False) -> Predictor:

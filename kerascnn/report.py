@@ -30,9 +30,12 @@ import pandas as pd
 from kerascnn import plots
 from kerascnn.config import EvaluateConfig
 from kerascnn.data.imagedata import ImageData
+from kerascnn.data.sampling import counts_per_class
 from kerascnn.errors import DataError
 from kerascnn.evaluation import (NotApplicable, diagnostics, embeddings, gradcam, per_example_loss,
-                                 positive_class_index, predict_function, predict_split, split_images)
+                                 positive_class_index, predict_function, predict_split, split_images,
+                                 validation_thresholds)
+from kerascnn.multilabel import multilabel_metrics
 from kerascnn.rundir import (HISTORY_FILE, HTML_FILE, KERAS_FILE, MARKDOWN_FILE, METRICS_FILE, REPORTS_DIR,
                              write_bytes_atomically)
 
@@ -43,6 +46,8 @@ GRADCAM_IMAGES = 8
 FIGURES = {
     "confusion_matrix.png": ("Confusion matrix", "Rows are true classes, columns predicted ones; off-diagonal "
                              "cells are the mistakes."),
+    "pr.png": ("Precision-recall curves", "Precision against recall as the threshold sweeps, one class against "
+               "the rest; with rare classes this, not ROC, shows the false alarms each found positive costs."),
     "roc.png": ("ROC curves", "Sensitivity against 1 − specificity as the decision threshold sweeps from 1 to 0; "
                 "the closer to the top-left corner (AUC 1), the better."),
     "threshold.png": ("Choosing the threshold", "Where the two classes' probabilities fall, and what each "
@@ -104,16 +109,20 @@ def build_report(data: ImageData, model, config: EvaluateConfig | None = None, a
     """
     config = config or EvaluateConfig()
     start = time.perf_counter()
+    if data.multi_label:
+        return _multilabel_report(data, model, config, artifact, history, start)
     positive_class_index(data.class_names, config.positive_class)  # a bad name fails before any work
     probabilities, labels = predict_split(predict_function(model), data)
     metrics = {"artifact": artifact, "dataset": data.name, "split": "test",
                **diagnostics(probabilities, labels, data.class_names, config.target_sensitivity,
-                             config.positive_class)}
+                             config.positive_class), "counts_per_class": counts_per_class(data)}
     if reference and (reference.get("class_names"), reference.get("dataset"), reference.get("n")) == \
             (data.class_names, data.name, metrics["n"]):
         metrics["reference"] = compare(metrics, reference)
     notes: list[str] = []
     figures = {"confusion_matrix.png": plots.confusion_matrix_figure(metrics["confusion_matrix"])}
+    figures["pr.png"] = plots.pr_figure(probabilities, np.eye(data.num_classes, dtype=int)[labels], data.class_names,
+                                        metrics["per_class"])
     if any(row["roc_auc"] is not None for row in metrics["per_class"].values()):
         figures["roc.png"] = plots.roc_figure(probabilities, labels, data.class_names, metrics)
     if metrics["threshold"]:
@@ -134,6 +143,26 @@ def build_report(data: ImageData, model, config: EvaluateConfig | None = None, a
     metrics["report_seconds"] = round(time.perf_counter() - start, 2)
     metrics["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return Report(metrics=metrics, figures=pngs, notes=notes)
+
+
+def _multilabel_report(data: ImageData, model, config: EvaluateConfig, artifact: str, history: pd.DataFrame | None,
+                       start: float) -> Report:
+    """The report of a multi-label model: thresholds chosen on validation (`evaluate.thresholds`), the
+    test metrics at them, per-class precision-recall curves and the training curves."""
+    predict = predict_function(model)
+    thresholds = validation_thresholds(model, data, config.thresholds, config.threshold_target)
+    scores, targets = predict_split(predict, data)
+    metrics = {"artifact": artifact, "dataset": data.name, "split": "test", "threshold_rule": config.thresholds,
+               **multilabel_metrics(scores, targets, thresholds, data.class_names),
+               "counts_per_class": counts_per_class(data)}
+    notes: list[str] = ["confusion matrix, ROC, top losses, t-SNE and Grad-CAM are drawn for single-label runs"]
+    figures = {"pr.png": plots.pr_figure(scores, targets.astype(int), data.class_names, metrics["per_class"])}
+    if history is not None and "loss" in history:
+        figures["training_curves.png"] = plots.training_curves_figure(history)
+    metrics["notes"] = notes
+    metrics["report_seconds"] = round(time.perf_counter() - start, 2)
+    metrics["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return Report(metrics=metrics, figures={name: plots.png_bytes(f) for name, f in figures.items()}, notes=notes)
 
 
 def compare(metrics: dict, reference: dict) -> dict:
@@ -259,8 +288,19 @@ def check_compatible(predictor, data: ImageData, artifact: str) -> None:
 def summary_rows(metrics: dict) -> list[tuple[str, str]]:
     """(label, value) lines of the headline table."""
     rows = [("Artifact", metrics["artifact"]), ("Dataset", f"{metrics['dataset']} ({metrics['split']} split)"),
-            ("Test images", str(metrics["n"])), ("Accuracy", f"{metrics['accuracy']:.4f}"),
-            ("Loss (cross-entropy)", f"{metrics['loss']:.4f}")]
+            ("Test images", str(metrics["n"]))]
+    if metrics.get("multi_label"):
+        return rows + [("Subset accuracy (every label right)", f"{metrics['subset_accuracy']:.4f}"),
+                       ("Hamming loss", f"{metrics['hamming_loss']:.4f}"),
+                       ("Mean average precision", _number(metrics["mean_average_precision"])),
+                       ("Micro F1 / macro F1", f"{metrics['micro_f1']:.4f} / {metrics['macro_f1']:.4f}"),
+                       ("Loss (binary cross-entropy)", f"{metrics['loss']:.4f}"),
+                       ("Thresholds chosen on validation by", metrics["threshold_rule"])]
+    rows += [("Accuracy", f"{metrics['accuracy']:.4f}"),
+             ("Balanced accuracy (mean recall)", f"{metrics['balanced_accuracy']:.4f}"),
+             ("Macro F1", f"{metrics['macro_f1']:.4f}"),
+             ("Mean average precision (PR)", _number(metrics["mean_average_precision"])),
+             ("Loss (cross-entropy)", f"{metrics['loss']:.4f}")]
     rows += [(f"Top-{key.split('_')[1]} accuracy", f"{value:.4f}") for key, value in metrics["top_k_accuracy"].items()]
     auc = metrics["roc_auc"]
     if "binary" in auc:
@@ -296,6 +336,11 @@ def threshold_sentence(threshold: dict) -> str:
             f"{point['specificity']:.4f} ({point['fp']} of {point['fp'] + point['tn']} other images flagged).")
 
 
+def counts_frame(metrics: dict) -> pd.DataFrame:
+    """Images per class (rows) and split (columns)."""
+    return pd.DataFrame(metrics["counts_per_class"]).rename_axis("class").reset_index()
+
+
 def per_class_frame(metrics: dict) -> pd.DataFrame:
     table = pd.DataFrame(metrics["per_class"]).T.astype(float).astype({"support": int})
     if "reference" in metrics:
@@ -312,10 +357,12 @@ def render_markdown(report: Report) -> str:
     m = report.metrics
     lines = [f"# {_title(m)}", "", f"Created {m['created']} in {m['report_seconds']} s.", "",
              pd.DataFrame(summary_rows(m), columns=["metric", "value"]).to_markdown(index=False), ""]
-    if m["threshold"]:
+    if m.get("threshold"):
         lines += ["## Decision threshold", "", threshold_sentence(m["threshold"]), "",
                   threshold_table(m["threshold"]).to_markdown(index=False, floatfmt=".4f"), ""]
     lines += ["## Per class", "", per_class_frame(m).to_markdown(index=False, floatfmt=".4f"), ""]
+    if "counts_per_class" in m:
+        lines += ["## Images per class and split", "", counts_frame(m).to_markdown(index=False), ""]
     for name, (title, caption) in FIGURES.items():
         if name in report.figures:
             lines += [f"## {title}", "", caption, "", f"![{title}]({name})", ""]
@@ -346,10 +393,12 @@ def render_html(report: Report) -> str:
     parts = [f"<h1>{html.escape(_title(m))}</h1>",
              f"<p class='meta'>Created {html.escape(m['created'])} in {m['report_seconds']} s.</p>",
              _html_table(pd.DataFrame(summary_rows(m), columns=["metric", "value"]), index=False)]
-    if m["threshold"]:
+    if m.get("threshold"):
         parts += ["<h2>Decision threshold</h2>", f"<p>{html.escape(threshold_sentence(m['threshold']))}</p>",
                   _html_table(threshold_table(m["threshold"]), index=False)]
     parts += ["<h2>Per class</h2>", _html_table(per_class_frame(m), index=False)]
+    if "counts_per_class" in m:
+        parts += ["<h2>Images per class and split</h2>", _html_table(counts_frame(m), index=False)]
     for name, (title, caption) in FIGURES.items():
         if name in report.figures:
             data = base64.b64encode(report.figures[name]).decode("ascii")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import os
 import platform
 import shutil
@@ -31,13 +32,16 @@ from kerascnn import __version__
 from kerascnn.config import LR_FIND, RunConfig, config_from_dict, merge, parse_override
 from kerascnn.data.augment import make_augment
 from kerascnn.data.datasets import ImageData, load_data
+from kerascnn.data.duplicates import leaked_test_images
+from kerascnn.data.sampling import counts_per_class
 from kerascnn.distribute import check_float32_output, is_chief, make_strategy, precision, strategy_name
 from kerascnn.errors import ConfigError, ModelLoadError, first_line
-from kerascnn.evaluation import evaluate, positive_class_index
+from kerascnn.evaluation import evaluate, positive_class_index, validation_thresholds
 from kerascnn.export import export
 from kerascnn.lr_find import CSV_FILE as LR_FIND_CSV
 from kerascnn.lr_find import PLOT_FILE as LR_FIND_PLOT
 from kerascnn.lr_find import LRFindResult, lr_find, resolve_learning_rate
+from kerascnn.models.heads import sigmoid_head
 from kerascnn.models.registry import build_model, check_builder_options
 from kerascnn.models.transfer import build_from_config, check_backbone_options
 from kerascnn.predict import load
@@ -48,10 +52,12 @@ from kerascnn.rundir import (CONFIG_FILE, HISTORY_FILE, KERAS_FILE, SKIPPED_FILE
                              write_text_atomically)
 from kerascnn.safety import load_keras_model
 from kerascnn.training import TrainResult, fine_tune, fine_tune_configs, train
+
 # Disk a run needs, in bytes a model parameter: float32 weights in about 12 copies (artifacts, best
 # checkpoint and backup with optimizer slots, trained model), plus a margin for logs and history.
 BYTES_PER_PARAMETER = 4 * 12
 MIN_FREE_BYTES = 16 * 2 ** 20
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -128,7 +134,8 @@ def check_config(config: RunConfig) -> RunConfig:
 
 
 def run_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics: dict, train_seconds: float,
-                 epochs_run: int, artifacts: dict, distribution: dict | None = None, resumed: bool = False) -> dict:
+                 epochs_run: int, artifacts: dict, distribution: dict | None = None, resumed: bool = False,
+                 thresholds: list[float] | None = None, warnings: list[str] = ()) -> dict:
     """Write the run's manifest.json and return it."""
     manifest = {
         "kerascnn_version": __version__,
@@ -142,6 +149,10 @@ def run_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics
         "class_names": data.class_names,
         "input_shape": list(data.input_shape),
         "counts": data.counts,
+        "counts_per_class": counts_per_class(data),
+        "multi_label": data.multi_label,
+        **({"thresholds": dict(zip(data.class_names, thresholds))} if thresholds is not None else {}),
+        "warnings": list(warnings),
         "epochs_run": epochs_run,
         "resumed": resumed,
         "train_seconds": round(train_seconds, 3),
@@ -186,6 +197,8 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         run_dir = prepare_run_dir(config) if chief else None
     keras.utils.set_random_seed(config.run.seed)
     data = data or load_data(config.data, seed=config.run.seed)
+    check_data_options(config, data)
+    warnings = leak_warnings(data)
     with strategy.scope(), precision(config.train.mixed_precision):
         model = make_model(config, data)
         if config.train.mixed_precision:
@@ -215,19 +228,23 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
             result = TrainResult(history=history, train_seconds=0.0, epochs_run=len(history))
         else:
             result = fit(model, data, train_config, work_dir, seed=config.run.seed, cache=config.data.cache,
-                         shuffle_buffer=config.data.shuffle_buffer, augment=augment, resume=resume is not None)
+                         shuffle_buffer=config.data.shuffle_buffer, augment=augment, resume=resume is not None,
+                         sampling=config.data.sampling)
         if not chief:
             return RunResult(run_dir=None, model=model, data=data, test_metrics={}, manifest={}, chief=False)
         if config.train.mixed_precision or strategy_name(strategy) != "default":
             model = deployable_copy(model, config, data)
-        test_metrics = evaluate(model, data)
-        artifacts = export(model, run_dir, data, config.export)
+        thresholds = validation_thresholds(model, data, config.evaluate.thresholds, config.evaluate.threshold_target) \
+            if data.multi_label else None
+        test_metrics = evaluate(model, data, thresholds=thresholds)
+        artifacts = export(model, run_dir, data, config.export, thresholds)
         distribution = {"strategy": strategy_name(strategy), "num_replicas_in_sync": result.num_replicas_in_sync,
                         "global_batch_size": result.global_batch_size}
         if finder is not None:
             distribution["learning_rate"] = {"value": config.train.learning_rate, "found_by": finder.summary()}
         manifest = run_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run,
-                                  artifacts, distribution, resumed=resume is not None)
+                                artifacts, distribution, resumed=resume is not None, thresholds=thresholds,
+                                warnings=warnings)
     except KeyboardInterrupt:
         raise RunInterrupted(run_dir) from None
     finally:
@@ -257,15 +274,40 @@ def fit_function(config: RunConfig):
 
 
 def make_model(config: RunConfig, data: ImageData) -> keras.Model:
-    """The configured network (a transfer model over a backbone, or a registered builder's model);
-    an option value its builder rejects is a ConfigError, not a traceback."""
+    """The configured network (a transfer model over a backbone, or a registered builder's model),
+    with a sigmoid head for multi-label data; an option value its builder rejects is a ConfigError,
+    not a traceback."""
     if config.model.backbone:
-        return build_from_config(config.model, data.input_shape, data.num_classes)
-    try:
-        return build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model {config.model.name!r} rejected its options {config.model.options}: "
-                          f"{first_line(exc)}") from None
+        model = build_from_config(config.model, data.input_shape, data.num_classes)
+    else:
+        try:
+            model = build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model {config.model.name!r} rejected its options {config.model.options}: "
+                              f"{first_line(exc)}") from None
+    return sigmoid_head(model) if data.multi_label else model
+
+
+def check_data_options(config: RunConfig, data: ImageData) -> None:
+    """Refuse imbalance options the data cannot take, before anything is written."""
+    if data.multi_label and (config.train.class_weight is not None or config.data.sampling != "none"):
+        raise ConfigError("train.class_weight and data.sampling weigh one class an image; drop them for "
+                          "multi-label data")
+    if config.augment.backend == "legacy" and (config.train.class_weight is not None or
+                                               config.data.sampling != "none" or data.multi_label):
+        raise ConfigError("augment.backend = 'legacy' serves its own batches, without class weights, balanced "
+                          "sampling or multi-label targets; use augment.backend = 'fast'")
+
+
+def leak_warnings(data: ImageData) -> list[str]:
+    """A warning (logged, and kept for the manifest) when test images duplicate training or validation images."""
+    leaked = leaked_test_images(data, ("train", "validation"))
+    if not leaked:
+        return []
+    message = (f"{len(leaked)} of {data.counts['test']} test images are exact copies of training or validation "
+               f"images, so test metrics overstate accuracy; set data.deduplicate = true or run `kerascnn inspect`")
+    log.warning("%s", message)
+    return [message]
 
 
 def deployable_copy(model: keras.Model, config: RunConfig, data: ImageData) -> keras.Model:
@@ -298,8 +340,9 @@ def export_run(run_dir: str | Path, overrides: list[str] = (), serving_root: str
     if not (run_dir / KERAS_FILE).is_file():
         raise ModelLoadError(f"{str(run_dir)!r} has no {KERAS_FILE} to export from; finish the run first with "
                              f"`kerascnn train --resume {run_dir}`")
-    model = load(run_dir / KERAS_FILE).runtime.model
-    artifacts = export(model, run_dir, load_data(config.data, seed=config.run.seed), config.export)
+    predictor = load(run_dir / KERAS_FILE)
+    artifacts = export(predictor.runtime.model, run_dir, load_data(config.data, seed=config.run.seed), config.export,
+                       predictor.thresholds)  # a multi-label run's thresholds, read from its manifest
     manifest = read_manifest(run_dir)
     if manifest is not None:
         manifest["artifacts"] = {**manifest.get("artifacts", {}), **artifacts}

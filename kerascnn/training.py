@@ -23,6 +23,7 @@ import pandas as pd
 from kerascnn.config import TrainConfig
 from kerascnn.data.imagedata import ImageData
 from kerascnn.data.pipeline import batches
+from kerascnn.data.sampling import balanced, class_weights, split_labels, with_class_weights
 from kerascnn.distribute import (distribute_dataset, fit_distributed, global_batch_size, needs_custom_loop,
                                  strategy_name)
 from kerascnn.errors import ConfigError, TrainingError
@@ -70,15 +71,22 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
     return keras.optimizers.Adam(rate)
 
 
-def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> keras.Model:
-    """Compile for one-hot labels: categorical cross-entropy (label smoothing) and accuracy.
+def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int,
+                  multi_label: bool = False) -> keras.Model:
+    """Compile for one-hot labels: categorical cross-entropy (label smoothing) and accuracy; for
+    multi-hot labels (`multi_label`): binary cross-entropy, binary accuracy and multi-label ROC AUC.
 
     `config.jit_compile` forces XLA; otherwise Keras decides ("auto": XLA on one GPU, never on CPU).
     A mixed_float16 model gets Keras' LossScaleOptimizer automatically.
     """
-    model.compile(optimizer=make_optimizer(config, steps_per_epoch),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                  metrics=["accuracy"], jit_compile=True if config.jit_compile else "auto")
+    if multi_label:
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing)
+        metrics = [keras.metrics.BinaryAccuracy(name="binary_accuracy"), keras.metrics.AUC(multi_label=True, name="auc")]
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+        metrics = ["accuracy"]
+    model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=loss, metrics=metrics,
+                  jit_compile=True if config.jit_compile else "auto")
     return model
 
 
@@ -116,7 +124,7 @@ def make_callbacks(config: TrainConfig, run_dir: Path | None, resume: ResumeStat
 
 def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None, run_dir: Path | None = None,
           seed: int = 42, cache: bool = True, shuffle_buffer: int = 10000, augment=None,
-          continue_from: TrainResult | None = None, resume: bool = False,
+          continue_from: TrainResult | None = None, resume: bool = False, sampling: str = "none",
           extra_callbacks: list | None = None) -> TrainResult:
     """Compile and fit `model` on `data.train`, validating on `data.validation`.
 
@@ -132,7 +140,11 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
         continue_from: an earlier TrainResult of this model (e.g. fine-tuning's head phase): epochs are
             numbered on from it and the returned result covers both.
         resume: continue the interrupted fit whose backup and history are in `run_dir` (default False).
+        sampling: none | balanced: draw training images of every class equally often (`data.sampling`).
         extra_callbacks: Keras callbacks run after kerascnn's own (e.g. the tuner's wall-time deadline).
+
+    `config.class_weight` weighs each training image's loss by its class (as Keras sample weights);
+    multi-label data (`data.multi_label`) train on multi-hot labels with binary cross-entropy.
 
     The model trains under the tf.distribute strategy it was built in (`model.distribute_strategy`):
     `config.batch_size` is per replica, and each step takes that times the number of replicas.
@@ -145,7 +157,11 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
     global_batch = global_batch_size(strategy, config.batch_size)
     steps = max(1, math.ceil(data.counts["train"] / global_batch))
     with strategy.scope():
-        compile_model(model, config, steps)
+        compile_model(model, config, steps, data.multi_label)
+    train_labels = split_labels(data) if config.class_weight is not None or sampling == "balanced" else None
+    weights = class_weights(train_labels, config.class_weight, data.class_names) \
+        if config.class_weight is not None else None
+    num_classes = None if data.multi_label else data.num_classes
     if config.verbose:
         print(f"strategy {strategy_name(strategy)}: {strategy.num_replicas_in_sync} replica(s), global batch "
               f"{global_batch} = {config.batch_size} per replica x {strategy.num_replicas_in_sync}")
@@ -153,11 +169,14 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
     def train_batches(ds, batch_size):
         if hasattr(augment, "training_batches"):  # the legacy ImageDataGenerator serves its own batches
             return augment.training_batches(data, batch_size, seed)
-        return batches(ds, batch_size, data.num_classes, training=True, seed=seed, cache=cache,
-                       shuffle_buffer=shuffle_buffer, augment=augment)
+        if sampling == "balanced":
+            ds = balanced(ds, train_labels, seed, cache)
+        ready = batches(ds, batch_size, num_classes, training=True, seed=seed, cache=cache and sampling != "balanced",
+                        shuffle_buffer=shuffle_buffer, augment=augment)
+        return ready if weights is None else with_class_weights(ready, weights)
 
     def validation_batches(ds, batch_size):
-        return batches(ds, batch_size, data.num_classes, cache=cache)
+        return batches(ds, batch_size, num_classes, cache=cache)
 
     run_dir = Path(run_dir) if run_dir else None
     state = resume_state(run_dir, HISTORY_FILE) if resume and run_dir else None

@@ -286,7 +286,7 @@ class _Search:
             train_config = dataclasses.replace(config.train, tensorboard=False, backup_every=0, verbose=0)
             result = fit_function(config)(model, data, train_config, trial_dir, seed=config.run.seed,
                                           cache=config.data.cache, shuffle_buffer=config.data.shuffle_buffer,
-                                          augment=augment, extra_callbacks=[deadline])
+                                          augment=augment, sampling=config.data.sampling, extra_callbacks=[deadline])
             record["epochs"] = result.epochs_run
             column = result.history[self.config.tune.objective]
             best = column.max() if self.config.tune.objective_direction == "max" else column.min()

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import logging
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 from kerascnn.config import DataConfig
+from kerascnn.data.duplicates import array_hash, first_of_each
 from kerascnn.data.folder import load_folder
 from kerascnn.data.imagedata import ImageData, cap_examples, check_classes, select_classes, stratified_split
+from kerascnn.data.table import load_table, table_path
 from kerascnn.data.tfds_source import load_tfds
 from kerascnn.errors import DataError, suggest
 
+log = logging.getLogger(__name__)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
@@ -105,6 +109,8 @@ def describe_sources() -> list[tuple[str, str]]:
     rows = [(name, source.description) for name, source in DATASETS.items()]
     rows.append(("tfds:<name>", "any tensorflow-datasets image classification dataset"))
     rows.append(("<folder path>", "an image folder root/<class>/<image> (png, jpg, bmp, gif), streamed from disk"))
+    rows.append(("<table>.csv", "a label table filename,label (or filename,labels: multi-label) beside its images "
+                                "or under data.image_root"))
     return rows
 
 
@@ -129,6 +135,8 @@ def from_arrays(x_train, y_train, x_test=None, y_test=None, class_names=None, co
     if class_names is None:
         class_names = [str(i) for i in range(int(y_train.max()) + 1)]
     class_names = list(class_names)
+    if config.deduplicate:
+        x_train, y_train, x_test, y_test = _deduplicate(x_train, y_train, x_test, y_test, name)
     if x_test is None:
         keep, labels, class_names = select_classes(y_train, config.classes, class_names)
         x_all, y_all = x_train[keep], labels[keep]
@@ -155,6 +163,24 @@ def from_arrays(x_train, y_train, x_test=None, y_test=None, class_names=None, co
                      counts={split: len(y) for split, (_, y) in arrays.items()}, arrays=arrays, **splits)
 
 
+def _deduplicate(x_train, y_train, x_test, y_test, name: str):
+    """`data.deduplicate` for arrays: the first of each set of identical images, and no test image that
+    equals a training image."""
+    hashes = [array_hash(image) for image in x_train]
+    keep = first_of_each(hashes)
+    dropped = int((~keep).sum())
+    x_train, y_train = x_train[keep], y_train[keep]
+    if x_test is not None:
+        seen = {h for h, k in zip(hashes, keep) if k}
+        test_hashes = [array_hash(image) for image in np.asarray(x_test)]
+        fresh = first_of_each(test_hashes) & np.array([h not in seen for h in test_hashes], bool)
+        dropped += int((~fresh).sum())
+        x_test, y_test = np.asarray(x_test)[fresh], np.asarray(y_test)[fresh]
+    if dropped:
+        log.warning("data.deduplicate: dropped %d duplicate images of %s", dropped, name)
+    return x_train, y_train, x_test, y_test
+
+
 def _array_dataset(x: np.ndarray, y: np.ndarray, image_size: tuple[int, int]) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
     needs_resize = tuple(x.shape[1:3]) != tuple(image_size)
@@ -169,7 +195,7 @@ def _array_dataset(x: np.ndarray, y: np.ndarray, image_size: tuple[int, int]) ->
 
 
 def load_data(config: DataConfig | str = "digits", seed: int = 42) -> ImageData:
-    """Load a dataset by name, `tfds:<name>` or folder path, split into train/validation/test.
+    """Load a dataset by name, `tfds:<name>`, folder path or label CSV, split into train/validation/test.
 
     Args:
         config: a DataConfig or just the dataset string (default "digits").
@@ -181,6 +207,8 @@ def load_data(config: DataConfig | str = "digits", seed: int = 42) -> ImageData:
     if isinstance(config, str):
         config = DataConfig(dataset=config)
     dataset = config.dataset
+    if table_path(config) is not None:
+        return load_table(config, seed)
     if dataset.startswith("tfds:"):
         return load_tfds(dataset[len("tfds:"):], config, seed)
     if dataset in DATASETS:

@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+from sklearn.model_selection import train_test_split
 
 from kerascnn.config import DataConfig
 from kerascnn.data.decode import IMAGE_EXTENSIONS, decode_encoded_image, decode_native
+from kerascnn.data.duplicates import content_hash, first_of_each
 from kerascnn.data.imagedata import ImageData, cap_examples, select_classes, stratified_split
 from kerascnn.errors import DataError
 from kerascnn.rundir import SKIPPED_FILES_CSV
@@ -228,24 +230,60 @@ def decode_image(path: tf.Tensor, channels: int, image_size: tuple[int, int]) ->
 
 
 def file_dataset(paths, labels, channels: int, image_size: tuple[int, int]) -> tf.data.Dataset:
-    """(pixels, label) pairs decoded from disk in parallel (files that passed `scan_folder`)."""
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), np.asarray(labels, np.int32)))
+    """(pixels, label) pairs decoded from disk in parallel (files that passed `scan_folder`); labels are
+    int32 class indices, or float32 multi-hot rows for multi-label data."""
+    labels = np.asarray(labels)
+    labels = labels.astype(np.float32 if labels.ndim == 2 else np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), labels))
     return ds.map(lambda p, y: (decode_image(p, channels, image_size), y), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def load_folder(root: Path, config: DataConfig, seed: int) -> ImageData:
     """An ImageData over an image folder, split stratified into train/validation/test."""
-    scan = scan_folder(root, strict=config.strict)
-    keep, labels, class_names = select_classes(scan.labels, config.classes, scan.class_names)
-    paths = np.asarray(scan.paths)[keep]
-    labels = labels[keep]
-    train_idx, test_idx = stratified_split(labels, config.test_split, seed, "test")
-    fit_idx, val_idx = stratified_split(labels[train_idx], config.validation_split, seed, "validation")
-    fit_idx = fit_idx[cap_examples(labels[train_idx][fit_idx], config.max_train_examples, seed)]
+    return split_scan(scan_folder(root, strict=config.strict), config, seed, str(root))
+
+
+def split_scan(scan: FolderScan, config: DataConfig, seed: int, name: str):
+    """An ImageData over the files of a scan (an image folder's or a label table's), split into
+    train/validation/test: stratified for one label per image, at random for multi-label rows.
+    With `config.deduplicate`, exact duplicate files (same bytes) are dropped first, keeping the first."""
+    multi_label = scan.labels.ndim == 2
+    paths = np.asarray(scan.paths)
+    labels, class_names = scan.labels, scan.class_names
+    if config.deduplicate:
+        unique = first_of_each([content_hash(path) for path in paths])
+        if not unique.all():
+            log.warning("data.deduplicate: dropped %d duplicate files of %s", int((~unique).sum()), name)
+        paths, labels = paths[unique], labels[unique]
+    if multi_label:
+        if config.classes is not None:
+            raise DataError("data.classes selects classes of single-label data; drop it for multi-label data")
+        strata = None
+    else:
+        keep, labels, class_names = select_classes(labels, config.classes, class_names)
+        paths, labels = paths[keep], labels[keep]
+        strata = labels
+    train_idx, test_idx = _split(strata, len(paths), config.test_split, seed, "test")
+    fit_idx, val_idx = _split(None if strata is None else strata[train_idx], len(train_idx),
+                              config.validation_split, seed, "validation")
+    if strata is None:
+        fit_idx = fit_idx[:config.max_train_examples] if config.max_train_examples else fit_idx
+    else:
+        fit_idx = fit_idx[cap_examples(strata[train_idx][fit_idx], config.max_train_examples, seed)]
     split_index = {"train": train_idx[fit_idx], "validation": train_idx[val_idx], "test": test_idx}
     image_size = tuple(config.image_size or DEFAULT_FOLDER_IMAGE_SIZE)
     splits = {split: file_dataset(paths[idx], labels[idx], scan.channels, image_size)
               for split, idx in split_index.items()}
-    return ImageData(name=str(root), class_names=class_names, input_shape=(*image_size, scan.channels),
+    return ImageData(name=name, class_names=class_names, input_shape=(*image_size, scan.channels),
                      counts={split: len(idx) for split, idx in split_index.items()}, folder_scan=scan,
-                     files={split: (paths[idx], labels[idx]) for split, idx in split_index.items()}, **splits)
+                     files={split: (paths[idx], labels[idx]) for split, idx in split_index.items()},
+                     multi_label=multi_label, **splits)
+
+
+def _split(strata, count: int, fraction: float, seed: int, what: str):
+    """(kept, held out) indices: stratified by `strata`, or seeded at random when it is None."""
+    if strata is not None:
+        return stratified_split(strata, fraction, seed, what)
+    if count < 3:
+        raise DataError(f"cannot split off a {what} set from {count} images; add images")
+    return train_test_split(np.arange(count), test_size=fraction, random_state=seed)

@@ -29,7 +29,10 @@ class ImageData:
         counts: number of images in each split.
         arrays: the numpy arrays behind each split for in-memory sources (None for streamed ones).
         files: the image paths and labels behind each split for image folders (None otherwise).
-        folder_scan: for image folders, what the scan found and skipped (a `FolderScan`; None otherwise).
+        folder_scan: for image folders and label tables, what the scan found and skipped (a
+            `FolderScan`; None otherwise).
+        multi_label: labels are float32 multi-hot rows (several classes an image) instead of int32
+            class indices; the model then ends in sigmoids (default False).
     """
 
     name: str
@@ -42,6 +45,7 @@ class ImageData:
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     files: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     folder_scan: "FolderScan | None" = None  # kerascnn.data.folder.FolderScan
+    multi_label: bool = False
 
     @property
     def num_classes(self) -> int:
