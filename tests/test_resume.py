@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import kerascnn
-from kerascnn import runner, training
+from kerascnn import rundir, runner, training
 from kerascnn.cli import main
 from kerascnn.errors import ConfigError
 from kerascnn.predict import load
@@ -37,7 +37,7 @@ def assert_complete(run_dir: Path, epochs: int = EPOCHS) -> None:
     assert all(a["parity"]["top1_agreement"] == 1.0 for a in manifest["artifacts"].values())
     assert not (run_dir / "checkpoints" / "backup").exists()
     assert not (run_dir / "checkpoints" / "trained.keras").exists()
-    assert not [p for p in run_dir.rglob(".tmp-*")]
+    assert not [p for p in run_dir.rglob(".*") if p.name.startswith(rundir.STAGING_PREFIXES)]
     load(run_dir / "checkpoints" / "best.keras")
 
 
@@ -69,6 +69,59 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_same_epochs(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"run directory: {run_dir}" in done.stdout
     assert_complete(run_dir)
+
+
+# Runs `kerascnn train` whose float32 TFLite writer dies halfway: it converts, writes half the flatbuffer,
+# says so in the file argv[1] and hangs there until the test SIGKILLs the process.
+HANGING_EXPORT = """
+import sys, time
+from pathlib import Path
+from kerascnn import cli, export
+
+name, spec = export.TFLITE_FILES["float32"]
+
+def write_tflite_and_hang(model, path, context):
+    spec.writer(model, path, context)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    Path(sys.argv[1]).write_text(str(path))
+    time.sleep(600)
+
+export.TFLITE_FILES["float32"] = (name, export.ArtifactSpec(write_tflite_and_hang, True))
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_sigkill_inside_an_export_writer_then_resume_leaves_no_staging_and_a_complete_run(tmp_path, capsys):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run_dir, ready = tmp_path / "run", tmp_path / "writer_is_hanging"
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_EXPORT, str(ready), "train", "--output", str(tmp_path),
+                             "--name", "run", "--epochs", "1", "--no-report", "--set", "train.verbose=0",
+                             "--set", "data.max_train_examples=400", "--set", "model.options.filters=[4]",
+                             "--set", "model.options.dense=16", "--set", "train.tensorboard=false",
+                             "--set", "export.formats=['keras', 'saved_model', 'tflite']",
+                             "--set", "export.tflite=['float32']"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.exists(), f"the export never reached the TFLite writer: {proc.stderr.read().decode()[-2000:]}"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    half_written = Path(ready.read_text())
+    assert half_written.parent.name.startswith(".export-") and half_written.parent.parent == run_dir
+    assert half_written.is_file() and not (run_dir / "manifest.json").exists()
+    assert (run_dir / "checkpoints" / "trained.keras").is_file()
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert f"run directory: {run_dir}" in capsys.readouterr().out
+    assert_complete(run_dir, epochs=1)
+    assert not half_written.parent.exists()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert set(manifest["artifacts"]) == {"model.keras", "saved_model/1", "model.tflite"}
+    images = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(load(run_dir / "model.tflite").predict_proba(images),
+                               load(run_dir / "model.keras").predict_proba(images), atol=1e-5)
 
 
 class InterruptOnce(keras.callbacks.Callback):
