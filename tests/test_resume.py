@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,6 +164,61 @@ def test_ctrl_c_prints_the_resume_command_and_resume_finishes(tmp_path, capsys, 
     assert list(pd.read_csv(tmp_path / "run" / "history.csv")["epoch"]) == [0]
     assert main(["train", "--resume", str(tmp_path / "run")]) == 0
     assert_complete(tmp_path / "run")
+
+
+class StateAtTrainBegin(keras.callbacks.Callback):
+    """Records the weights and optimizer variables a resumed fit starts from, and the step count it ends at."""
+
+    def on_train_begin(self, logs=None):  # runs after BackupAndRestore, which comes earlier in the list
+        self.weights, seen = {}, {}
+        for layer in self.model.layers:  # named as Keras names them in a weights file: conv2d, conv2d_1, ...
+            kind = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", type(layer).__name__)
+            kind = re.sub("([a-z])([A-Z])", r"\1_\2", kind).lower()
+            self.weights[kind if kind not in seen else f"{kind}_{seen[kind]}"] = [np.asarray(w) for w in layer.weights]
+            seen[kind] = seen.get(kind, 0) + 1
+        self.optimizer = [np.asarray(v) for v in self.model.optimizer.variables]
+
+    def on_train_end(self, logs=None):
+        self.iterations = int(self.model.optimizer.iterations)
+
+
+def backup_contents(path: Path) -> tuple[dict, list]:
+    """Layer weights and optimizer variables as Keras' BackupAndRestore wrote them (a .weights.h5 file)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        layers = {name: [np.asarray(group["vars"][str(i)]) for i in range(len(group["vars"]))]
+                  for name, group in f["layers"].items()}
+        optimizer = [np.asarray(f["optimizer/vars"][str(i)]) for i in range(len(f["optimizer/vars"]))]
+    return layers, optimizer
+
+
+def test_resume_restores_the_weights_and_optimizer_state_and_keeps_the_history(tmp_path, capsys, ctrl_c,
+                                                                               monkeypatch):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--output", str(tmp_path), "--name", "run", "--no-report", *TINY]) == 130
+    history_before = (run_dir / "history.csv").read_text()
+    backup = json.loads((run_dir / "checkpoints/backup/training_metadata.json").read_text())
+    layers, optimizer = backup_contents(run_dir / "checkpoints/backup/latest.weights.h5")
+    steps_done = int(optimizer[0])  # the optimizer's `iterations` when the backup was written
+    assert backup["epoch"] == 1 and steps_done > 0
+    recorder = StateAtTrainBegin()
+    make_callbacks = training.make_callbacks
+    monkeypatch.setattr(training, "make_callbacks", lambda *a, **k: make_callbacks(*a, **k) + [recorder])
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert set(recorder.weights) == set(layers)
+    for name, weights in layers.items():
+        assert len(recorder.weights[name]) == len(weights)
+        for restored, stored in zip(recorder.weights[name], weights):
+            np.testing.assert_array_equal(restored, stored)
+    assert len(recorder.optimizer) == len(optimizer) > 2  # iterations, learning rate and Adam's moments
+    for restored, stored in zip(recorder.optimizer, optimizer):
+        np.testing.assert_array_equal(restored, stored)
+    # Keras restarts the interrupted epoch from its first batch: the step count carries on from the backup's
+    steps_per_epoch = -(-json.loads((run_dir / "manifest.json").read_text())["counts"]["train"] // 32)
+    assert recorder.iterations == steps_done + steps_per_epoch * (EPOCHS - backup["epoch"])
+    assert (run_dir / "history.csv").read_text().startswith(history_before)  # epoch 0's row unchanged
+    assert_complete(run_dir)
 
 
 def test_killed_during_export_resumes_into_export_without_training_again(tmp_path, monkeypatch):
