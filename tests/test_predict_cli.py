@@ -196,3 +196,15 @@ def test_pil_images_in_every_mode_predict_as_their_pixels_say(run_dir, artifact)
         else:  # 1-bit and palette images predict what their own conversion to L or RGB predicts
             converted = image.convert("L" if mode == "1" else "RGBA" if mode == "PA" else "RGB")
             np.testing.assert_allclose(probabilities, predictor.predict_proba(converted), atol=1e-5, err_msg=mode)
+
+
+def test_bench_predict_interleaves_the_predictor_and_its_references():
+    from kerascnn.bench.predict import interleaved_medians
+
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("predictor", "raw", "mediapipe")}
+    medians = interleaved_medians(calls, repeats=6, warmup=1)
+    assert set(medians) == set(calls) and all(m >= 0 for m in medians.values())
+    rounds = [order[i:i + 3] for i in range(3, len(order), 3)]  # after the warm-up round
+    assert len(rounds) == 6 and all(sorted(r) == sorted(calls) for r in rounds)
+    assert [r[0] for r in rounds] == ["predictor", "raw", "mediapipe"] * 2  # each round starts elsewhere
