@@ -48,8 +48,8 @@ from kerascnn.predict import load
 from kerascnn.report import Report, check_compatible, write_report
 from kerascnn.resume import RunInterrupted, check_resumable
 from kerascnn.rundir import (CONFIG_FILE, HISTORY_FILE, KERAS_FILE, SKIPPED_FILES_CSV, TRAINED_MODEL, read_manifest,
-                             read_run_config, require_run_dir, write_atomically, write_manifest,
-                             write_text_atomically)
+                             read_run_config, remove_staging, require_run_dir, write_atomically,
+                             write_manifest, write_text_atomically)
 from kerascnn.safety import load_keras_model
 from kerascnn.training import TrainResult, fine_tune, fine_tune_configs, train
 
@@ -186,6 +186,7 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
             raise ConfigError("a resumed run uses its stored config.toml; pass either a config or resume, not both")
         run_dir = Path(resume)
         check_resumable(run_dir)
+        remove_staging(run_dir)  # what a kill left half-written: staging folders of export, temporary files
         config = read_run_config(run_dir)
     else:
         config = config or RunConfig()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
-from kerascnn.bench.train import NUM_CLASSES, generated_images, write_folder
+from kerascnn.bench.train import NUM_CLASSES, folder_memory_mb, generated_images, mb_per_10k_images, write_folder
 from kerascnn.cli import main
 from kerascnn.data.folder import scan_folder
 
@@ -18,12 +19,23 @@ def test_generated_folder_has_every_class(tmp_path):
     assert len(scan.paths) == 50 and len(scan.class_names) == NUM_CLASSES
 
 
-def test_bench_train_reports_throughput_and_memory_ratios(capsys):
-    code = main(["bench", "train", "--json", "--images", "600", "--epochs", "1", "--repeats", "1",
-                 "--folder-sizes", "100", "300"])
+def test_bench_train_reports_throughput_and_memory_above_the_baseline(capsys, tmp_path):
+    code = main(["bench", "train", "--json", "--images", "600", "--epochs", "1", "--repeats", "2",
+                 "--folder-sizes", "200", "400"])
     results = json.loads(capsys.readouterr().out)
     assert code == 0
     assert results["fit_images_per_s"] > 0 and results["kerascnn_images_per_s"] > 0
-    assert results["ratio"] == round(results["kerascnn_images_per_s"] / results["fit_images_per_s"], 3)
-    assert (results["small_folder_images"], results["large_folder_images"]) == (100, 300)
-    assert 0.5 < results["memory_ratio"] < 2.0
+    assert results["ratio"] == pytest.approx(results["kerascnn_images_per_s"] / results["fit_images_per_s"], abs=2e-3)
+    assert (results["small_folder_images"], results["large_folder_images"]) == (200, 400)
+    assert results["cache"] is False and results["baseline_peak_mb"] > 0
+    assert results["large_folder_mb_per_10k_images"] == pytest.approx(
+        mb_per_10k_images(results["large_folder_peak_mb"], results["baseline_peak_mb"], 400), abs=0.01)
+    # The measure tells streaming from caching: at the end of the epoch a streamed folder keeps (next to)
+    # nothing per image, the same folder cached keeps its decoded images (28x28, 784 bytes each as uint8,
+    # 3,136 as float32). Peak memory cannot tell them apart at this size (2026-12-01: 6.7 MB per 10,000
+    # images streamed vs 7.1 cached, the folder scan's transient buffers dominating), so this reads the
+    # resident memory after the epoch, with a 64-image shuffle buffer.
+    folder = write_folder(tmp_path / "folder", 4000)
+    streamed, cached = (mb_per_10k_images(folder_memory_mb(folder, 128, cache, shuffle_buffer=64)[1],
+                                          results["baseline_resident_mb"], 4000) for cache in (False, True))
+    assert streamed + 5 < cached, (streamed, cached)

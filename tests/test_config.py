@@ -10,7 +10,11 @@ def test_defaults_are_the_embedded_digits_run():
     config = RunConfig()
     assert config.data.dataset == "digits"
     assert config.model.name == "cnn"
-    assert config.train.epochs > 0
+    assert (config.train.epochs, config.train.batch_size, config.train.optimizer) == (20, 32, "adam")
+    assert config.train.learning_rate == 1e-3 and config.train.early_stopping_patience == 5
+    assert config.export.formats == ("keras", "h5", "saved_model", "tflite")
+    assert config.export.tflite == ("float32", "int8")
+    assert config == load_config()  # what `kerascnn train` with no options runs
 
 
 def test_presets_ship_in_the_package_and_load():

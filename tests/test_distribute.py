@@ -196,10 +196,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_workers_train_one_digits_run_and_only_the_chief_writes(tmp_path):
+# Runs `kerascnn train` and saves the weights of the model `run` returned (argv[1], .npz): the chief's
+# deployable copy, the other worker's trained model.
+KEEP_WEIGHTS = """
+import sys
+import numpy as np
+from kerascnn import cli, runner
+
+train_and_export = runner.run
+
+def run_and_keep_weights(*args, **kwargs):
+    result = train_and_export(*args, **kwargs)
+    np.savez(sys.argv[1], *[np.asarray(w) for w in result.model.get_weights()])
+    return result
+
+runner.run = run_and_keep_weights
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_two_workers_train_one_digits_run_in_sync_and_only_the_chief_writes(tmp_path):
+    """resnet_small at tiny widths, so BatchNorm's moving statistics are under the two workers too."""
     workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
     output = tmp_path / "out"
-    command = [sys.executable, "-m", "kerascnn", "train", "--strategy", "multi_worker", "--epochs", "2",
+    command = ["train", "--strategy", "multi_worker", "--epochs", "2", "--model", "resnet_small",
+               "--set", "model.options.stem=8", "--set", "model.options.widths=[8, 16]",
+               "--set", "model.options.blocks=[0, 1]", "--no-report",
                "--batch-size", "32", "--output", str(output), "--name", "together", "--set", "train.verbose=2",
                "--set", "train.tensorboard=false", "--set", 'export.formats=["keras", "tflite"]',
                "--set", 'export.tflite=["float32"]']
@@ -211,7 +233,8 @@ def test_two_workers_train_one_digits_run_and_only_the_chief_writes(tmp_path):
             env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TMPDIR": str(temp_dirs[-1]),
                    "TF_CPP_MIN_LOG_LEVEL": "2",
                    "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
-            processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            processes.append(subprocess.Popen([sys.executable, "-c", KEEP_WEIGHTS, str(tmp_path / f"weights{index}.npz"),
+                                               *command], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                               text=True, start_new_session=True))
         outputs = [p.communicate(timeout=300)[0] for p in processes]
     finally:
@@ -232,3 +255,12 @@ def test_two_workers_train_one_digits_run_and_only_the_chief_writes(tmp_path):
     history = (output / "together" / "history.csv").read_text().splitlines()
     assert len(history) == 3
     assert not list(temp_dirs[1].glob("kerascnn-worker-*"))  # the other worker's files are gone
+    # in sync: both workers end with the same weights, BatchNorm's moving mean and variance included
+    chief, other = (np.load(tmp_path / f"weights{index}.npz") for index in range(2))
+    assert len(chief.files) == len(other.files) > 0
+    model = kerascnn.load(output / "together" / "model.keras").runtime.model
+    moving = [i for i, w in enumerate(model.weights) if "moving" in w.path]
+    assert moving, "the model has no BatchNorm moving statistics"
+    for i in range(len(chief.files)):
+        np.testing.assert_allclose(other[f"arr_{i}"], chief[f"arr_{i}"], rtol=0, atol=1e-6,
+                                   err_msg=model.weights[i].path)

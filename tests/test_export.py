@@ -9,7 +9,8 @@ import pytest
 
 from kerascnn.config import DataConfig, ExportConfig
 from kerascnn.data.datasets import load_data
-from kerascnn.export import export
+from kerascnn.errors import ExportError
+from kerascnn.export import export, judge
 from kerascnn.models import build_model
 from kerascnn.predict import load
 
@@ -33,7 +34,10 @@ def test_every_format_round_trips_with_full_parity(name, digits, tmp_path):
     for relative, entry in artifacts.items():
         assert entry["parity"]["n"] == digits.counts["test"]
         if relative not in FLOAT_ARTIFACTS:
-            assert entry["parity"]["criterion"] == "quantized" and "passed" in entry["parity"]
+            check = entry["parity"]
+            meets_bar = check["top1_agreement"] >= 0.995 and check["accuracy_drop"] <= 0.005
+            assert check["criterion"] == "quantized" and check["passed"] is meets_bar
+            assert ("warning" in check) is not meets_bar
             continue
         assert entry["parity"]["top1_agreement"] == 1.0
         assert entry["parity"]["max_abs_diff"] <= 1e-4
@@ -43,6 +47,24 @@ def test_every_format_round_trips_with_full_parity(name, digits, tmp_path):
         np.testing.assert_allclose(predictor.predict_proba(images), expected, atol=1e-5)
     assert (tmp_path / "labels.txt").read_text().split() == ["0", "1", "2"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export-")]
+
+
+@pytest.mark.parametrize("agreement, drop, passed", [(1.0, 0.0, True), (0.995, 0.005, True), (0.994, 0.0, False),
+                                                     (1.0, 0.006, False)])
+def test_a_quantized_variant_below_the_bar_is_kept_but_flagged(agreement, drop, passed):
+    check = {"top1_agreement": agreement, "max_abs_diff": 0.05, "n": 1000, "accuracy": 0.9, "accuracy_drop": drop}
+    judged = judge("model_int8.tflite", check, exact=False)
+    assert judged["criterion"] == "quantized" and judged["passed"] is passed
+    assert ("warning" in judged) is not passed
+    if not passed:
+        assert judged["warning"].startswith(f"model_int8.tflite agrees with the trained model on {agreement:.2%}")
+
+
+def test_a_float_artifact_that_disagrees_fails_the_export():
+    check = {"top1_agreement": 1.0, "max_abs_diff": 2e-4, "n": 10, "accuracy": 1.0, "accuracy_drop": 0.0}
+    with pytest.raises(ExportError, match="model.tflite does not predict what the trained model predicts"):
+        judge("model.tflite", check, exact=True)
+    assert judge("model.tflite", {**check, "max_abs_diff": 1e-4}, exact=True)["passed"] is True
 
 
 def test_sequential_artifacts_load_without_kerascnn(digits, tmp_path):

@@ -50,13 +50,27 @@ def test_cnn_pools_only_while_the_map_is_large_enough():
     assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in cnn.layers) == 2
 
 
-@pytest.mark.parametrize("init, bound", [("general_rule_uniform", 1 / np.sqrt(64)), ("he_normal", None)])
-def test_kernel_initializers(init, bound):
+@pytest.mark.parametrize("init", ["general_rule_uniform", "general_rule_normal", "he_normal", "glorot_uniform"])
+def test_kernel_initializers(init):
+    """Each initializer's spread over a 64 x 256 kernel (fan_in 64, fan_out 256), as its definition says."""
     model = build_model("mlp", (8, 8, 1), 3, hidden=[256], kernel_initializer=init)
     kernel = np.asarray(model.get_layer("dense_0").kernel)
-    if bound is not None:  # the course notes' general rule: uniform in [-1/sqrt(n), 1/sqrt(n)], n = 64 inputs
-        assert np.abs(kernel).max() <= bound
-        assert np.abs(kernel).max() > 0.9 * bound
+    fan_in, fan_out = kernel.shape
+    if init == "general_rule_uniform":  # the course notes' general rule: uniform in [-1/sqrt(n), 1/sqrt(n)], n = inputs
+        bound = 1 / np.sqrt(fan_in)
+        assert 0.9 * bound < np.abs(kernel).max() <= bound
+        assert kernel.std() == pytest.approx(bound / np.sqrt(3), rel=0.05)
+    elif init == "general_rule_normal":  # the course notes' normal variant: N(0, 1/n), not truncated
+        assert kernel.std() == pytest.approx(1 / np.sqrt(fan_in), rel=0.05)
+        assert np.abs(kernel).max() > 2.5 / np.sqrt(fan_in)
+    elif init == "he_normal":  # truncated normal at 2 sigma whose std is sqrt(2 / fan_in)
+        sigma = np.sqrt(2 / fan_in) / 0.87962566103423978  # Keras' correction for the truncation
+        assert kernel.std() == pytest.approx(np.sqrt(2 / fan_in), rel=0.05)
+        assert 1.9 * sigma < np.abs(kernel).max() <= 2 * sigma + 1e-6
+    else:  # glorot_uniform: uniform in [-sqrt(6 / (fan_in + fan_out)), ...]
+        bound = np.sqrt(6 / (fan_in + fan_out))
+        assert 0.9 * bound < np.abs(kernel).max() <= bound
+    assert abs(kernel.mean()) < 0.1 * kernel.std()
 
 
 @pytest.mark.parametrize("kwargs, fragment", [

@@ -146,3 +146,36 @@ def test_resume_refuses_a_planted_checkpoint(finished_run, tmp_path, marker):
     with pytest.raises(ModelLoadError, match="refusing to load"):
         run(resume=run_dir)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_lambda_inside_a_nested_model_is_refused(tmp_path, marker, fmt):
+    inner = lambda_model(marker)
+    inner.name = "inner"
+    inputs = keras.Input((8, 8, 1))
+    path = saved(keras.Model(inputs, inner(inputs), name="outer"), tmp_path / f"model.{fmt}", marker)
+    with pytest.raises(ModelLoadError) as error:
+        kerascnn.load(path)
+    assert "Lambda 'payload'" in str(error.value) and "\n" not in str(error.value)
+    assert not marker.exists()
+
+
+def test_a_tfsm_layer_is_refused(tmp_path):
+    """A TFSMLayer reloads a SavedModel graph from a path stored in the file: it never passes."""
+    graph = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    graph.export(str(tmp_path / "graph"), verbose=False)
+    inputs = keras.Input((8, 8, 1))
+    outputs = keras.layers.Softmax()(keras.layers.TFSMLayer(str(tmp_path / "graph"), name="graph")(inputs))
+    keras.Model(inputs, outputs).save(tmp_path / "model.keras")
+    with pytest.raises(ModelLoadError, match="TFSMLayer 'graph'"):
+        kerascnn.load(tmp_path / "model.keras")
+
+
+def test_a_lambda_model_as_backbone_weights_is_refused_and_never_runs(tmp_path, marker, capsys):
+    path = saved(lambda_model(marker), tmp_path / "pretrained.keras", marker)
+    output = tmp_path / "out"
+    code = main(["train", "--backbone", "cnn", "--weights", str(path), "--transfer", "truncate", "--cut-at", "pool_0",
+                 "--epochs", "1", "--output", str(output), "--name", "r", "--set", "train.verbose=0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Lambda 'payload'" in err and "Traceback" not in err
+    assert not marker.exists() and not output.exists()

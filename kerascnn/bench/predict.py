@@ -7,7 +7,8 @@ on random raw pixels of the model's input shape (content does not change the wor
 ready-made input), the reference the Predictor's overhead is measured against: the target is
 `predictor_over_raw` <= 1.5 at batch 1. Each `.tflite` file MediaPipe Tasks can run is also timed in
 its `ImageClassifier` (`classify` on a ready uint8 image, all class scores), as an app runs it:
-`mediapipe_tasks_batch1_ms` beside the Predictor's `batch1_ms` on the same file.
+`mediapipe_tasks_batch1_ms` beside the Predictor's `batch1_ms` on the same file. The Predictor and its
+references are timed interleaved, round by round (`interleaved_medians`), not one after the other.
 """
 
 from __future__ import annotations
@@ -40,16 +41,29 @@ def run_artifacts(run_dir: Path) -> list[Path]:
     return found + sorted(run_dir.glob("*.tflite")) + sorted(run_dir.glob("*.onnx"))
 
 
+def interleaved_medians(calls: dict, repeats: int, warmup: int) -> dict:
+    """Median wall time of each zero-argument call, `repeats` timed rounds after `warmup` untimed ones.
+
+    Each round runs every call once, starting with a different one each round, so a burst of load from
+    other jobs (or a CPU frequency change) falls on all of them alike instead of on whichever ran last.
+    """
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    times = {name: [] for name in names}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def median_seconds(call, repeats: int, warmup: int) -> float:
     """Median wall time of `call()` over `repeats` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved_medians({"call": call}, repeats, warmup)["call"]
 
 
 def raw_litert(path: Path, images: np.ndarray):
@@ -98,20 +112,28 @@ def measure(path: Path, repeats: int, batch_size: int) -> dict:
     one = rng.uniform(0, 255, (1, *predictor.input_shape)).astype(np.float32)
     batch = rng.uniform(0, 255, (batch_size, *predictor.input_shape)).astype(np.float32)
     batch_repeats = max(3, repeats // 20)
-    result = {
-        "batch1_ms": 1e3 * median_seconds(lambda: predictor.predict_proba(one), repeats, warmup=10),
-        "throughput_img_s": batch_size / median_seconds(lambda: predictor.predict_proba(batch, batch_size),
-                                                        batch_repeats, warmup=2),
-    }
-    if path.suffix == ".tflite":
-        result["raw_litert_batch1_ms"] = 1e3 * median_seconds(raw_litert(path, one), repeats, warmup=10)
-        result["raw_litert_throughput_img_s"] = batch_size / median_seconds(raw_litert(path, batch), batch_repeats,
-                                                                            warmup=2)
-        result["predictor_over_raw"] = result["batch1_ms"] / result["raw_litert_batch1_ms"]
+    single = {"predictor": lambda: predictor.predict_proba(one)}
+    batched = {"predictor": lambda: predictor.predict_proba(batch, batch_size)}
+    classifier = None
+    if path.suffix == ".tflite":  # the references run interleaved with the Predictor, on the same file
+        single["raw"], batched["raw"] = raw_litert(path, one), raw_litert(path, batch)
         call, classifier = mediapipe_tasks_call(path, one[0])
         if call is not None:
-            with classifier:
-                result["mediapipe_tasks_batch1_ms"] = 1e3 * median_seconds(call, repeats, warmup=10)
+            single["mediapipe"] = call
+    try:
+        latency = interleaved_medians(single, repeats, warmup=10)
+    finally:
+        if classifier is not None:
+            classifier.close()
+    throughput = {name: batch_size / seconds for name, seconds in
+                  interleaved_medians(batched, batch_repeats, warmup=2).items()}
+    result = {"batch1_ms": 1e3 * latency["predictor"], "throughput_img_s": throughput["predictor"]}
+    if path.suffix == ".tflite":
+        result["raw_litert_batch1_ms"] = 1e3 * latency["raw"]
+        result["raw_litert_throughput_img_s"] = throughput["raw"]
+        result["predictor_over_raw"] = result["batch1_ms"] / result["raw_litert_batch1_ms"]
+        if "mediapipe" in latency:
+            result["mediapipe_tasks_batch1_ms"] = 1e3 * latency["mediapipe"]
     return result
 
 

@@ -1,0 +1,76 @@
+"""Training's optimizer, learning-rate schedule and loss: the rate at step 0, at the end of the warm-up and at
+the last step, each optimizer's settings, and label smoothing's effect on the loss."""
+
+import keras
+import numpy as np
+import pytest
+
+from kerascnn.config import TrainConfig
+from kerascnn.data.datasets import from_arrays
+from kerascnn.models import build_model
+from kerascnn.training import compile_model, learning_rate, make_optimizer, train
+
+STEPS = 10  # steps per epoch
+
+
+def rate(schedule, step: int) -> float:
+    return float(schedule(step)) if callable(schedule) else float(schedule)
+
+
+@pytest.mark.parametrize("schedule, warmup, at_start, at_warmup_end, at_end", [
+    ("constant", 0, 1e-3, 1e-3, 1e-3),
+    ("constant", 2, 0.0, 1e-3, 1e-3),
+    ("cosine", 0, 1e-3, 1e-3 * (1 + np.cos(np.pi * 0 / 50)) / 2, 0.0),
+    ("cosine", 2, 0.0, 1e-3, 0.0),
+])
+def test_learning_rate_at_step_0_end_of_warmup_and_last_step(schedule, warmup, at_start, at_warmup_end, at_end):
+    config = TrainConfig(epochs=5, learning_rate=1e-3, schedule=schedule, warmup_epochs=warmup)
+    lr = learning_rate(config, STEPS)
+    assert rate(lr, 0) == pytest.approx(at_start, abs=1e-9)
+    assert rate(lr, warmup * STEPS) == pytest.approx(at_warmup_end, abs=1e-9)
+    assert rate(lr, 5 * STEPS) == pytest.approx(at_end, abs=1e-9)
+    if warmup:  # linear warm-up: half the rate half way
+        assert rate(lr, warmup * STEPS // 2) == pytest.approx(5e-4, rel=1e-5)
+    if schedule == "cosine":  # half way through the decay, half the rate
+        middle = warmup * STEPS + (5 - warmup) * STEPS // 2
+        assert rate(lr, middle) == pytest.approx(5e-4, rel=1e-5)
+
+
+@pytest.mark.parametrize("name, cls, settings", [
+    ("adam", keras.optimizers.Adam, {}),
+    ("sgd", keras.optimizers.SGD, {"momentum": 0.8, "nesterov": True}),
+    ("rmsprop", keras.optimizers.RMSprop, {"momentum": 0.8}),
+    ("adamw", keras.optimizers.AdamW, {"weight_decay": 0.03}),
+])
+def test_each_optimizer_gets_its_settings(name, cls, settings):
+    config = TrainConfig(optimizer=name, learning_rate=0.01, momentum=0.8, nesterov=True, weight_decay=0.03)
+    optimizer = make_optimizer(config, STEPS)
+    assert type(optimizer) is cls
+    assert float(optimizer.learning_rate) == pytest.approx(0.01)
+    for key, value in settings.items():
+        assert getattr(optimizer, key) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_label_smoothing_is_in_the_compiled_loss(smoothing):
+    model = compile_model(build_model("mlp", (2, 2, 1), 4, hidden=[4]), TrainConfig(label_smoothing=smoothing), STEPS)
+    predicted = np.array([[0.7, 0.1, 0.1, 0.1]], np.float32)
+    target = np.array([[1.0, 0.0, 0.0, 0.0]], np.float32)
+    smoothed = target * (1 - smoothing) + smoothing / 4  # Keras' definition: spread over the 4 classes
+    expected = -float((smoothed * np.log(predicted)).sum())
+    assert float(model.loss(target, predicted)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_fit_follows_the_schedule_to_its_last_step():
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (50, 4, 4, 1)).astype(np.uint8), np.arange(50) % 2
+    data = from_arrays(images, labels, images[:10], labels[:10])
+    steps = -(-data.counts["train"] // 8)
+    config = TrainConfig(epochs=3, batch_size=8, schedule="cosine", warmup_epochs=1, learning_rate=0.01,
+                         early_stopping_patience=0, tensorboard=False, verbose=0)
+    model = build_model("mlp", (4, 4, 1), 2, hidden=[4])
+    train(model, data, config)
+    assert int(model.optimizer.iterations) == 3 * steps
+    schedule = model.optimizer._learning_rate
+    assert float(schedule(steps)) == pytest.approx(0.01)  # the warm-up ends after the first epoch
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)  # cosine reached its end
