@@ -4,8 +4,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the tests use: headless Chromium checks the serving page.
-DEBIAN_PACKAGES := chromium
+# Debian packages the tests use: headless Chromium checks the serving page; the notebooks and the
+# fashion_mnist presets read Fashion-MNIST from Debian's package (no download).
+DEBIAN_PACKAGES := chromium dataset-fashion-mnist
 
 .PHONY: setup system demo test notebooks clean
 
@@ -31,9 +32,6 @@ $(STAMP): setup.cfg pyproject.toml
 	# MediaPipe Tasks' vision API must import; its sounddevice dependency needs the PortAudio library
 	# (Debian libportaudio2) only for audio recording, which kerascnn does not use
 	$(BIN)/python -c "import cv2, mediapipe, keras_tuner, fastapi, grpc, tensorflow_serving.apis, cleanlab, imagehash; from mediapipe.tasks.python import vision"
-	# the notebooks and the fashion_mnist presets read Fashion-MNIST from Debian's package (no download)
-	test -d /usr/share/datasets/fashion-mnist || { [ "$$(id -u)" = 0 ] && apt-get install -y dataset-fashion-mnist; } \
-		|| echo "Fashion-MNIST missing: run 'apt-get install dataset-fashion-mnist' as root for the notebooks"
 	touch $(STAMP)
 
 demo: setup
