@@ -23,6 +23,7 @@ import tomli_w
 from kerascnn.errors import ConfigError, suggest
 
 PRESETS_PACKAGE = "kerascnn.presets"
+COLOR_MODES = ("auto", "grayscale", "rgb")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -64,8 +65,11 @@ class DataConfig:
 
     Attributes:
         dataset: a name from `kerascnn datasets` (default `digits`), `tfds:<name>`, or an image-folder path.
-        image_size: (height, width) images are resized to; required for folders of mixed sizes
-            (default: the dataset's own size, or 64x64 for folders).
+        image_size: (height, width) images are resized to (default: the dataset's own size; for
+            folders, the median height and width of the images, each capped at 224, printed at the
+            start and written to the run's config.toml).
+        color_mode: auto | grayscale | rgb: the channels images are decoded to (default auto: grayscale
+            when every image of a folder is, else rgb).
         validation_split: fraction of the training data held out for validation (default 0.2).
         test_split: fraction held out for testing where the source has no test split (default 0.2).
         classes: keep only these class indices, relabelled 0..k-1 in the given order (default: all).
@@ -79,6 +83,7 @@ class DataConfig:
 
     dataset: str = "digits"
     image_size: tuple[int, ...] | None = None
+    color_mode: str = "auto"
     validation_split: float = 0.2
     test_split: float = 0.2
     classes: tuple[int, ...] | None = None
@@ -93,6 +98,8 @@ class DataConfig:
         if self.image_size is not None:
             _check(len(self.image_size) == 2 and all(s > 0 for s in self.image_size),
                    f"data.image_size must be [height, width] with positive sizes, got {list(self.image_size)}")
+        _check(self.color_mode in COLOR_MODES, f"data.color_mode must be one of {', '.join(COLOR_MODES)}, got "
+                                               f"{self.color_mode!r}{_suggest(self.color_mode, COLOR_MODES)}")
         _check_fraction("data.validation_split", self.validation_split)
         _check_fraction("data.test_split", self.test_split)
         _check(self.validation_split + self.test_split < 1.0,

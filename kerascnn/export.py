@@ -10,9 +10,15 @@ Writers use the ecosystem's own exporters: `model.save` (.keras, legacy .h5), Ke
 `tf.lite.TFLiteConverter` (float32, float16, dynamic-range and full-integer variants), LiteRT's
 `flatbuffer_utils` to embed the class names in each `.tflite` file, and optionally tf2onnx (ONNX).
 
-Float artifacts must agree with the model on every test image (|delta p| <= 1e-4) or the export
-fails. Quantized TFLite variants must agree on >= 99.5 % with <= 0.5 point accuracy drop; one
-that does not is still written but flagged (`parity.passed: false` with a `warning`) and logged.
+Float artifacts must agree with the model on every test image (|delta p| <= 1e-4) or they fail.
+Quantized TFLite variants must agree on >= 99.5 % with <= 0.5 point accuracy drop; one that does
+not is still written but flagged (`parity.passed: false` with a `warning`) and logged.
+
+A failing artifact does not take the others with it: `model.keras` is written first, each artifact
+is written and judged on its own, the ones that pass are moved into place, and `PartialExport`
+then names the ones that failed. A format the model cannot be stored in (the legacy `.h5` format
+cannot hold the Keras operations inside e.g. MobileNetV3's graph) is dropped beforehand with its
+reason (`unsupported_artifacts`), not attempted.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -38,10 +45,10 @@ from kerascnn import __version__
 from kerascnn.config import ExportConfig
 from kerascnn.data.decode import decode_encoded_image
 from kerascnn.data.imagedata import ImageData
-from kerascnn.errors import ConfigError, DataError, ExportError
+from kerascnn.errors import ConfigError, DataError, ExportError, first_line
 from kerascnn.evaluation import predict_split
 from kerascnn.models.registry import model_input_shape
-from kerascnn.predict import ARTIFACT_METADATA_KEY, Predictor
+from kerascnn.predict import ARTIFACT_METADATA_KEY, KERAS_METADATA_FILE, Predictor
 from kerascnn.rundir import H5_FILE, KERAS_FILE, LABELS_FILE, SAVED_MODEL_DIR, move_into_place
 
 FLOAT_TOLERANCE = 1e-4
@@ -81,11 +88,20 @@ class ExportContext:
 
 
 def write_keras(model: keras.Model, path: Path, context: ExportContext) -> None:
+    """`model.save`, plus `kerascnn.json` (artifact_metadata) in the zip: Keras' loader ignores files it
+    does not know, and `kerascnn.load` reads the class names from it."""
     model.save(path)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(KERAS_METADATA_FILE, artifact_metadata(context, "float32"))
 
 
 def write_h5(model: keras.Model, path: Path, context: ExportContext) -> None:
-    model.save(path)  # the .h5 suffix selects Keras' legacy HDF5 writer
+    """Keras' legacy HDF5 file (chosen by the .h5 suffix), with artifact_metadata as a root attribute."""
+    import h5py
+
+    model.save(path)
+    with h5py.File(path, "a") as file:
+        file.attrs[ARTIFACT_METADATA_KEY] = artifact_metadata(context, "float32")
 
 
 def write_saved_model(model: keras.Model, path: Path, context: ExportContext) -> None:
@@ -162,7 +178,7 @@ def tflite_writer(variant: str, quantize: Callable[[tf.lite.TFLiteConverter, Exp
             # an int8 kernel when only TFLITE_BUILTINS_INT8 is allowed: never fall back to float silently
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ExportError(f"TFLite {variant} conversion failed: {first_line}; drop {variant!r} from "
-                              f"export.tflite; nothing was written") from None
+                              f"export.tflite") from None
         path.write_bytes(embed_metadata(flatbuffer, context, variant))
 
     return write
@@ -226,14 +242,64 @@ TFLITE_FILES: dict[str, tuple[str, ArtifactSpec]] = {
 
 
 def planned_artifacts(config: ExportConfig) -> dict[str, ArtifactSpec]:
-    """Staged name -> spec for the formats and variants `config` asks for (SavedModel staged as `saved_model`)."""
+    """Staged name -> spec for the formats and variants `config` asks for (SavedModel staged as `saved_model`),
+    `model.keras` first: whatever fails later, the trained model is kept in its native format."""
     planned = {}
-    for fmt in config.formats:
+    for fmt in sorted(config.formats, key=lambda fmt: fmt != "keras"):
         if fmt == "tflite":
             planned.update(TFLITE_FILES[variant] for variant in config.tflite)
         else:
             planned.update(FORMAT_FILES[fmt])
     return planned
+
+
+def _operations(model: keras.Model):
+    """Every operation of a functional model's graph, nested models' included."""
+    for operation in getattr(model, "operations", ()):
+        yield operation
+        if isinstance(operation, keras.Model):
+            yield from _operations(operation)
+
+
+def unsupported_artifacts(model: keras.Model, config: ExportConfig) -> dict[str, str]:
+    """Planned artifact name -> why this model cannot be stored in that format (dropped, not attempted).
+
+    The legacy HDF5 format stores layers only: a graph that applies Keras operations directly
+    (MobileNetV3's hard-swish `x + 3.0`, for example) is written but does not load again ("Only
+    input tensors may be passed as positional arguments").
+    """
+    dropped = {}
+    if "model.h5" in planned_artifacts(config):
+        ops = sorted({type(op).__name__ for op in _operations(model) if not isinstance(op, keras.layers.Layer)})
+        if ops:
+            dropped["model.h5"] = (f"the legacy .h5 format cannot store the Keras operations ({', '.join(ops)}) "
+                                   f"in {model.name}'s graph; model.keras holds the same model")
+    return dropped
+
+
+class PartialExport(ExportError):
+    """Some artifacts failed; the others were written. `artifacts` are the written ones (as `export`
+    returns them), `failed` maps each failed artifact to its one-line reason."""
+
+    def __init__(self, message: str, artifacts: dict, failed: dict[str, str]):
+        super().__init__(message)
+        self.artifacts, self.failed = artifacts, failed
+
+
+def redo_command(run_dir: Path, failed: list[str]) -> str:
+    """The `kerascnn export` command that writes only the `failed` artifacts again."""
+    formats = sorted({_format_of(name) for name in failed})
+    command = f"kerascnn export {run_dir} --set 'export.formats={json.dumps(formats)}'"
+    variants = [variant for variant, (file, _) in TFLITE_FILES.items() if file in failed]
+    if variants:
+        command += f" --set 'export.tflite={json.dumps(variants)}'"
+    return command
+
+
+def _format_of(name: str) -> str:
+    if any(name == file for file, _ in TFLITE_FILES.values()):
+        return "tflite"
+    return next(fmt for fmt, files in FORMAT_FILES.items() if name in files)
 
 
 def file_digest(path: Path) -> tuple[int, str]:
@@ -279,8 +345,7 @@ def judge(name: str, check: dict, exact: bool) -> dict:
         passed = check["top1_agreement"] == 1.0 and check["max_abs_diff"] <= FLOAT_TOLERANCE
         if not passed:
             raise ExportError(f"{name} does not predict what the trained model predicts (top-1 agreement "
-                              f"{check['top1_agreement']:.4f}, max |dp| {check['max_abs_diff']:.2e}); "
-                              f"nothing was written")
+                              f"{check['top1_agreement']:.4f}, max |dp| {check['max_abs_diff']:.2e})")
         return {**check, "criterion": "exact", "passed": True}
     passed = (check["top1_agreement"] >= QUANTIZED_MIN_AGREEMENT
               and check["accuracy_drop"] <= QUANTIZED_MAX_ACCURACY_DROP)
@@ -356,6 +421,9 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     config = config or ExportConfig()
     run_dir = Path(run_dir)
     planned = planned_artifacts(config)
+    for name, reason in unsupported_artifacts(model, config).items():
+        log.warning("%s dropped: %s", name, reason)
+        del planned[name]
     _check_inputs(planned, data, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     serving_root = Path(config.serving_root) if config.serving_root else run_dir / SAVED_MODEL_DIR
@@ -364,11 +432,16 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
         (staging / LABELS_FILE).write_text("\n".join(data.class_names) + "\n", encoding="utf-8")
         context = ExportContext(model, list(data.class_names), data, config, staging / ".scratch")
         reference = predict_split(lambda images: model(images, training=False), data)
-        checks = {}
+        checks, failed = {}, {}
         for name, spec in planned.items():
             path = staging / name
-            spec.writer(model, path, context)
-            check = judge(name, parity(model, Predictor(path), data, reference=reference), spec.exact)
+            try:
+                spec.writer(model, path, context)
+                check = judge(name, parity(model, Predictor(path), data, reference=reference), spec.exact)
+            except Exception as exc:  # writers raise whatever their library raises
+                failed[name] = first_line(exc)
+                log.warning("%s failed: %s", name, failed[name])
+                continue
             size, sha = file_digest(path)
             checks[name] = {"bytes": size, "sha256": sha, "parity": check}
         move_into_place(staging / LABELS_FILE, run_dir / LABELS_FILE)
@@ -383,4 +456,9 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _relative_sizes(artifacts, run_dir)
+    if failed:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
+        kept = f"the other {len(artifacts)} artifacts were written" if artifacts else "nothing was written"
+        raise PartialExport(f"export failed for {', '.join(failed)} ({reasons}); {kept}; write them again with "
+                            f"`{redo_command(run_dir, list(failed))}`", artifacts, failed)
     return artifacts
