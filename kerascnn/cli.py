@@ -1,7 +1,9 @@
 """`kerascnn` command line: train | evaluate | export | predict | datasets | augment-preview | bench.
 
 Errors a user can fix are one line on stderr with exit code 2 (1 for a failed export or training);
-`--debug` shows the traceback. TensorFlow's start-up chatter is silenced unless `--debug`.
+`--debug` shows the traceback. TensorFlow's, absl's, the TFLite converter's and tf2onnx's chatter is
+silenced unless `--verbose` (kerascnn.quiet). `--help`, `--version` and argument errors answer
+before TensorFlow is imported.
 Exit codes: 0 done, 1 training or export failed, 2 bad input, 130 interrupted (Ctrl-C; a run in
 progress prints the `kerascnn train --resume` command that continues it).
 """
@@ -10,20 +12,44 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import re
 import sys
 from pathlib import Path
 
-from kerascnn.errors import KerasCNNError
+from kerascnn import __version__, quiet
+from kerascnn.errors import KerasCNNError, suggest
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as our one-line error (exit code 2)."""
+    """argparse that reports bad arguments as our one-line error (exit code 2), suggesting the nearest
+    subcommand or choice."""
 
     def error(self, message):
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'([^']*)'", match.group(2)) or [c.strip() for c in match.group(2).split(",")]
+            message += suggest(match.group(1), choices)
         raise KerasCNNError(f"{message} (see `{self.prog} --help`)")
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [option for action in parser._actions for option in action.option_strings]
+
+
+def unrecognized(parser: argparse.ArgumentParser, command: str | None, extras: list[str]) -> KerasCNNError:
+    """The error for arguments no parser took: the nearest flag of the subcommand, or where a
+    top-level flag (--debug, --verbose) goes."""
+    sub = next((action.choices[command] for action in parser._actions
+                if isinstance(action, argparse._SubParsersAction) and command in action.choices), parser)
+    flag = next((extra.split("=")[0] for extra in extras if extra.startswith("-")), None)
+    prog = sub.prog
+    if flag in _option_strings(parser) and flag not in _option_strings(sub):
+        return KerasCNNError(f"{flag} is an option of kerascnn itself: put it before the command "
+                             f"(kerascnn {flag} {command} ...)")
+    hint = suggest(flag, _option_strings(sub)) if flag else ""
+    return KerasCNNError(f"unrecognized arguments: {' '.join(extras)}{hint} (see `{prog} --help`)")
 
 
 def _add_train(sub) -> None:
@@ -283,7 +309,9 @@ def cmd_config_reference(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kerascnn", description="Train, evaluate and export CNN image classifiers.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow logs")
+    parser.add_argument("--version", action="version", version=f"kerascnn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's, absl's and converters' own logs")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     p = sub.add_parser("evaluate", help="test metrics, figures and report of a run's model or another artifact")
@@ -327,11 +355,14 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
-    if not debug:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    debug = False
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            raise unrecognized(parser, args.command, extras)
+        debug = args.debug
+        quiet.configure(args.verbose)
         return COMMANDS[args.command](args)
     except KerasCNNError as exc:
         if debug:

@@ -9,8 +9,11 @@ bare lines ("fully_quantize: 0, ...", "INFO: Created TensorFlow Lite XNNPACK del
 the duration of a block and then writes back every line that is not known noise (all of them in
 verbose mode). Python loggers (absl's HDF5 "legacy" warning, tf2onnx's) are set to ERROR.
 
-`configure(verbose)` is what the CLI calls first; library users may call it too. Without it the
-noise filter still applies (it removes only lines known to be noise) and loggers are untouched.
+`configure(verbose)` is what the CLI calls first; library users may call it too. It also makes the
+first `import tensorflow`, wherever it happens, run inside `native_stderr()` together with the
+device enumeration that prints the cuInit line, so commands that fail on their arguments or
+config never pay for importing TensorFlow. Without `configure` the TFLite blocks are still filtered
+(only lines known to be noise are removed) and loggers are untouched.
 
 Example:
     configure(verbose=False)
@@ -21,6 +24,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import re
@@ -61,6 +66,30 @@ def configure(verbose: bool = False) -> None:
         logger.addHandler(_OnceHandler())
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
     logger.propagate = False
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImport())
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` once, as the normal finders do, and runs its import (and the device
+    enumeration, which prints the cuInit line) inside `native_stderr()`."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def quiet_exec_module(module):
+            with native_stderr():
+                exec_module(module)
+                module.config.list_physical_devices()
+
+        spec.loader.exec_module = quiet_exec_module
+        return spec
 
 
 class _OnceHandler(logging.StreamHandler):
@@ -118,11 +147,3 @@ def native_stderr(verbose: bool | None = None):
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
-
-
-def import_tensorflow():
-    """`import tensorflow` with its start-up lines filtered (see `native_stderr`); returns the module."""
-    with native_stderr():
-        import tensorflow
-
-    return tensorflow

@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import keras
-
 from kerascnn.bench import register_bench
 from kerascnn.config import TRANSFER_STRATEGIES, DataConfig, TrainConfig
 
@@ -47,6 +45,8 @@ def _train_config(args, epochs: int) -> TrainConfig:
                 add_arguments=add_transfer_arguments)
 def run_transfer(args) -> dict:
     """Accuracy and training seconds of each strategy on each subset, after pre-training the cnn."""
+    import keras
+
     from kerascnn.data.datasets import load_data
     from kerascnn.evaluation import evaluate
     from kerascnn.models import build_model
@@ -99,6 +99,8 @@ def generated_images(n: int, size: int, seed: int = 0):
 
 def train_and_export(name: str, size: int, images: int, seed: int = 42) -> dict:
     """Train backbone `name` from scratch for one epoch at `size` and export the default formats."""
+    import keras
+
     from kerascnn.config import ExportConfig
     from kerascnn.data.datasets import from_arrays
     from kerascnn.export import PartialExport, export, unsupported_artifacts
@@ -134,6 +136,8 @@ def train_and_export(name: str, size: int, images: int, seed: int = 42) -> dict:
 def run_backbones(args) -> dict:
     """Seconds to build each backbone (random weights, minimum input of at least 32) and its layer count; fails on a
     missing cut point, so the table cannot drift from keras.applications. `--train`: see `train_and_export`."""
+    import keras
+
     from kerascnn.errors import ConfigError, KerasCNNError, suggest
     from kerascnn.models.transfer import BACKBONES, build_backbone
 
