@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from kerascnn import __version__, quiet
-from kerascnn.errors import KerasCNNError, suggest
+from kerascnn.errors import KerasCNNError, PartialExport, suggest
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -114,11 +114,11 @@ def cmd_train(args) -> int:
 
     if args.resume:
         given = [flag for flag in ("config", "preset", *TRAIN_FLAGS) if getattr(args, flag) is not None] + (
-            ["set"] if args.set else [])
+            ["set"] if any(not text.startswith("export.") for text in args.set) else [])
         if given:
-            raise KerasCNNError(f"--resume continues a run with its stored config.toml; drop "
-                                f"{', '.join('--' + flag.replace('_', '-') for flag in given)}")
-        result = run(resume=args.resume, unsafe=args.unsafe)
+            raise KerasCNNError(f"--resume continues a run with its stored config.toml (only --set export.* may "
+                                f"change it); drop {', '.join('--' + flag.replace('_', '-') for flag in given)}")
+        result = run(resume=args.resume, unsafe=args.unsafe, export_overrides=args.set)
     elif args.unsafe:
         raise KerasCNNError("--unsafe applies to the checkpoints of a resumed run; use it with --resume RUN_DIR")
     else:
@@ -126,17 +126,20 @@ def cmd_train(args) -> int:
     if not result.chief:
         print("worker finished: the chief writes the run directory and the artifacts")
         return EXIT_OK
-    print_artifacts(result.manifest["artifacts"])
+    print_artifacts(result.manifest["artifacts"], result.manifest.get("dropped_artifacts"))
     print(f"run directory: {result.run_dir}")
     print(f"test accuracy: {result.test_metrics['accuracy']:.4f}")
+    for warning in result.manifest.get("warnings", []):
+        quiet.warn_once(warning)
     if result.report:
         print(f"report: {result.report.html_path}")
     return EXIT_OK
 
 
-def print_artifacts(artifacts: dict) -> None:
-    """The parity table, one line an artifact, then a WARNING line for each artifact that missed its bar."""
-    width = max([len("artifact"), *map(len, artifacts)]) + 2
+def print_artifacts(artifacts: dict, dropped: dict | None = None, failed: dict | None = None) -> None:
+    """The parity table, one line an artifact (and one each for those dropped or failed, with the reason),
+    then a warning for each artifact that missed its bar (said once, see kerascnn.quiet)."""
+    width = max([len("artifact"), *map(len, artifacts), *map(len, dropped or {}), *map(len, failed or {})]) + 2
     print(f"{'artifact':<{width}}{'bytes':>12}{'vs tflite':>10}{'accuracy':>10}{'top-1 agree':>13}{'max |dp|':>11}"
           f"  check")
     for name, entry in artifacts.items():
@@ -145,9 +148,12 @@ def print_artifacts(artifacts: dict) -> None:
         check = "ok" if parity.get("passed", True) else "FAILED"
         print(f"{name:<{width}}{entry['bytes']:>12}{f'{relative:.2f}x' if relative else '-':>10}"
               f"{parity['accuracy']:>10.4f}{parity['top1_agreement']:>13.4f}{parity['max_abs_diff']:>11.1e}  {check}")
+    for label, rows in (("dropped", dropped or {}), ("FAILED", failed or {})):
+        for name, reason in rows.items():
+            print(f"{name:<{width}}{'-':>12}{'-':>10}{'-':>10}{'-':>13}{'-':>11}  {label}: {reason}")
     for entry in artifacts.values():
         if "warning" in entry["parity"]:
-            print(f"WARNING: {entry['parity']['warning']}")
+            quiet.warn_once(entry["parity"]["warning"])
 
 
 # `kerascnn evaluate` flag -> dotted config key.
@@ -367,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     except KerasCNNError as exc:
         if debug:
             raise
+        if isinstance(exc, PartialExport):  # what was written, and what was not, before the one-line error
+            print_artifacts(exc.artifacts, failed=exc.failed)
         print(f"kerascnn: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:  # a RunInterrupted carries the resume command

@@ -99,7 +99,7 @@ class DataConfig:
             _check(len(self.image_size) == 2 and all(s > 0 for s in self.image_size),
                    f"data.image_size must be [height, width] with positive sizes, got {list(self.image_size)}")
         _check(self.color_mode in COLOR_MODES, f"data.color_mode must be one of {', '.join(COLOR_MODES)}, got "
-                                               f"{self.color_mode!r}{_suggest(self.color_mode, COLOR_MODES)}")
+                                               f"{self.color_mode!r}{suggest(self.color_mode, COLOR_MODES)}")
         _check_fraction("data.validation_split", self.validation_split)
         _check_fraction("data.test_split", self.test_split)
         _check(self.validation_split + self.test_split < 1.0,

@@ -39,6 +39,15 @@ class ExportError(KerasCNNError):
     exit_code = 1
 
 
+class PartialExport(ExportError):
+    """Some artifacts failed to export and the others were written: `artifacts` holds the written ones'
+    entries (as `kerascnn.export.export` returns them), `failed` each failed artifact's one-line reason."""
+
+    def __init__(self, message: str, artifacts: dict, failed: dict[str, str]):
+        super().__init__(message)
+        self.artifacts, self.failed = artifacts, failed
+
+
 class TrainingError(KerasCNNError):
     """Training stopped on its own (e.g. a NaN loss); the best checkpoint is kept."""
 

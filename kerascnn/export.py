@@ -45,10 +45,11 @@ from kerascnn import __version__
 from kerascnn.config import ExportConfig
 from kerascnn.data.decode import decode_encoded_image
 from kerascnn.data.imagedata import ImageData
-from kerascnn.errors import ConfigError, DataError, ExportError, first_line
+from kerascnn.errors import ConfigError, DataError, PartialExport, first_line
 from kerascnn.evaluation import predict_split
 from kerascnn.models.registry import model_input_shape
 from kerascnn.predict import ARTIFACT_METADATA_KEY, KERAS_METADATA_FILE, Predictor
+from kerascnn.quiet import native_stderr
 from kerascnn.rundir import H5_FILE, KERAS_FILE, LABELS_FILE, SAVED_MODEL_DIR, move_into_place
 
 FLOAT_TOLERANCE = 1e-4
@@ -173,7 +174,8 @@ def tflite_writer(variant: str, quantize: Callable[[tf.lite.TFLiteConverter, Exp
         converter = context.tflite_converter()
         quantize(converter, context)
         try:
-            flatbuffer = converter.convert()
+            with native_stderr():  # the converter prints "fully_quantize: 0, ..." from C++
+                flatbuffer = converter.convert()
         except Exception as exc:  # the converter raises ConverterError or plain exceptions, e.g. an op without
             # an int8 kernel when only TFLITE_BUILTINS_INT8 is allowed: never fall back to float silently
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -275,15 +277,6 @@ def unsupported_artifacts(model: keras.Model, config: ExportConfig) -> dict[str,
             dropped["model.h5"] = (f"the legacy .h5 format cannot store the Keras operations ({', '.join(ops)}) "
                                    f"in {model.name}'s graph; model.keras holds the same model")
     return dropped
-
-
-class PartialExport(ExportError):
-    """Some artifacts failed; the others were written. `artifacts` are the written ones (as `export`
-    returns them), `failed` maps each failed artifact to its one-line reason."""
-
-    def __init__(self, message: str, artifacts: dict, failed: dict[str, str]):
-        super().__init__(message)
-        self.artifacts, self.failed = artifacts, failed
 
 
 def redo_command(run_dir: Path, failed: list[str]) -> str:
@@ -421,8 +414,7 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     config = config or ExportConfig()
     run_dir = Path(run_dir)
     planned = planned_artifacts(config)
-    for name, reason in unsupported_artifacts(model, config).items():
-        log.warning("%s dropped: %s", name, reason)
+    for name in unsupported_artifacts(model, config):
         del planned[name]
     _check_inputs(planned, data, config)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -440,7 +432,6 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
                 check = judge(name, parity(model, Predictor(path), data, reference=reference), spec.exact)
             except Exception as exc:  # writers raise whatever their library raises
                 failed[name] = first_line(exc)
-                log.warning("%s failed: %s", name, failed[name])
                 continue
             size, sha = file_digest(path)
             checks[name] = {"bytes": size, "sha256": sha, "parity": check}

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from kerascnn.errors import ConfigError, DataError, ModelLoadError, first_line
+from kerascnn.quiet import native_stderr
 from kerascnn.rundir import LABELS_FILE, MANIFEST_FILE
 from kerascnn.safety import load_keras_model
 
@@ -96,7 +97,8 @@ class TFLiteRuntime:
 
     def _resize(self, batch_size: int) -> None:
         self.interpreter.resize_tensor_input(self.input_index, [batch_size, *self.input_shape])
-        self.interpreter.allocate_tensors()
+        with native_stderr():  # the first allocation prints "INFO: Created TensorFlow Lite XNNPACK delegate"
+            self.interpreter.allocate_tensors()
         self.batch_size = batch_size
 
     def _quantize(self, images: np.ndarray) -> np.ndarray:

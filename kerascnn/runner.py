@@ -32,11 +32,12 @@ from kerascnn.config import RunConfig, config_from_dict, merge, parse_override
 from kerascnn.data.augment import make_augment
 from kerascnn.data.datasets import ImageData, load_data
 from kerascnn.distribute import check_float32_output, is_chief, make_strategy, precision, strategy_name
-from kerascnn.errors import ConfigError, ModelLoadError, first_line
-from kerascnn.evaluation import evaluate, positive_class_index
-from kerascnn.export import export
+from kerascnn.errors import ConfigError, ModelLoadError, PartialExport, first_line
+from kerascnn.evaluation import classification_metrics, positive_class_index, predict_function, predict_split
+from kerascnn.export import export, unsupported_artifacts
+from kerascnn.models.batchnorm import reestimate_batch_norm, stale_batch_norm, trained_batch_norms
 from kerascnn.models.registry import build_model, check_builder_options
-from kerascnn.models.transfer import build_from_config, check_backbone_options
+from kerascnn.models.transfer import build_from_config, check_backbone_options, check_transfer
 from kerascnn.predict import load
 from kerascnn.report import Report, check_compatible, write_report
 from kerascnn.resume import RunInterrupted, check_resumable
@@ -44,7 +45,9 @@ from kerascnn.rundir import (CONFIG_FILE, HISTORY_FILE, KERAS_FILE, SKIPPED_FILE
                              read_run_config, require_run_dir, write_atomically, write_manifest,
                              write_text_atomically)
 from kerascnn.safety import load_keras_model
+from kerascnn.sanity import last_value, sanity_warnings
 from kerascnn.training import TrainResult, fine_tune, fine_tune_configs, train
+
 # Disk a run needs, in bytes a model parameter: float32 weights in about 12 copies (artifacts, best
 # checkpoint and backup with optimizer slots, trained model), plus a margin for logs and history.
 BYTES_PER_PARAMETER = 4 * 12
@@ -116,6 +119,7 @@ def check_config(config: RunConfig) -> RunConfig:
     TensorFlow, so every run-level operation calls this before reading any data."""
     if config.model.backbone:
         check_backbone_options(config.model.backbone, config.model.options)
+        check_transfer(config.model.backbone, config.model.transfer, config.model.weights)
     else:
         check_builder_options(config.model.name, config.model.options)
     if config.model.transfer == "fine_tune":
@@ -124,8 +128,11 @@ def check_config(config: RunConfig) -> RunConfig:
 
 
 def run_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics: dict, train_seconds: float,
-                 epochs_run: int, artifacts: dict, distribution: dict | None = None, resumed: bool = False) -> dict:
-    """Write the run's manifest.json and return it."""
+                 epochs_run: int, artifacts: dict, distribution: dict | None = None, resumed: bool = False,
+                 warnings: list[str] = (), dropped: dict | None = None, failed: dict | None = None) -> dict:
+    """Write the run's manifest.json and return it. `warnings`: the sanity checks' and BatchNormalization's
+    notes; `dropped`: artifacts the model cannot be stored as, with the reason; `failed`: artifacts whose
+    export failed, with the reason (the run can then be resumed to export them again)."""
     manifest = {
         "kerascnn_version": __version__,
         "tensorflow_version": tf.__version__,
@@ -134,7 +141,8 @@ def run_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run_name": run_dir.name,
         "dataset": config.data.dataset,
-        "model": config.model.name,
+        "model": config.model.backbone or config.model.name,
+        **({"transfer": config.model.transfer or "feature_extraction"} if config.model.backbone else {}),
         "class_names": data.class_names,
         "input_shape": list(data.input_shape),
         "counts": data.counts,
@@ -143,7 +151,10 @@ def run_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics
         "train_seconds": round(train_seconds, 3),
         **(distribution or {}),
         "test_metrics": test_metrics,
+        "warnings": list(warnings),
         "artifacts": artifacts,
+        "dropped_artifacts": dropped or {},
+        "failed_artifacts": failed or {},
     }
     if data.folder_scan is not None:
         manifest["scan"] = data.folder_scan.summary()
@@ -152,7 +163,7 @@ def run_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics
 
 
 def run(config: RunConfig | None = None, data: ImageData | None = None, resume: str | Path | None = None,
-        unsafe: bool = False) -> RunResult:
+        unsafe: bool = False, export_overrides: list[str] = ()) -> RunResult:
     """Train, evaluate and export one run described by `config`, then write its report (unless
     `evaluate.report` is false).
 
@@ -162,6 +173,11 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         resume: the directory of a run that was killed or interrupted before it finished: continue it
             with its stored config.toml (then `config` must be None). Default None: a new run.
         unsafe: on resume, allow the run's checkpoints to run code they carry (default False).
+        export_overrides: on resume, `export.key=value` changes to the stored config (e.g. after a failed
+            export, `export.formats=["keras","saved_model"]`); written back to config.toml.
+
+    Raises PartialExport (an ExportError) after writing the manifest when some artifacts failed; the
+    others are kept and `run(resume=run_dir)` exports again without training.
 
     Example:
         result = run(load_config(preset="digits")); print(result.run_dir, result.test_metrics)
@@ -172,7 +188,11 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         run_dir = Path(resume)
         check_resumable(run_dir)
         config = read_run_config(run_dir)
+        if export_overrides:
+            config = _with_export_overrides(run_dir, config, export_overrides)
     else:
+        if export_overrides:
+            raise ConfigError("export overrides apply to a resumed run; set them in the config of a new run")
         config = config or RunConfig()
     check_config(config)
     # Next: MultiWorkerMirroredStrategy must set up collective ops before TensorFlow runs anything.
@@ -182,6 +202,11 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         run_dir = prepare_run_dir(config) if chief else None
     keras.utils.set_random_seed(config.run.seed)
     data = data or load_data(config.data, seed=config.run.seed)
+    inferred = data.folder_scan is not None and config.data.image_size is None
+    if inferred:  # config.toml records the size the images were resized to
+        config = config.replace("data", image_size=tuple(data.input_shape[:2]))
+    if chief and config.train.verbose:
+        print(describe_data(data, config.data.color_mode, inferred))
     with strategy.scope(), precision(config.train.mixed_precision):
         model = make_model(config, data)
         if config.train.mixed_precision:
@@ -212,21 +237,93 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
             return RunResult(run_dir=None, model=model, data=data, test_metrics={}, manifest={}, chief=False)
         if config.train.mixed_precision or strategy_name(strategy) != "default":
             model = deployable_copy(model, config, data)
-        test_metrics = evaluate(model, data)
-        artifacts = export(model, run_dir, data, config.export)
+        notes = refresh_batch_norm(model, data, config, result)
+        test_metrics, warnings = evaluate_trained(model, data, result.history, bool(notes))
+        warnings = notes + warnings
+        dropped = unsupported_artifacts(model, config.export)
+        try:
+            artifacts, failed = export(model, run_dir, data, config.export), {}
+        except PartialExport as exc:
+            artifacts, failed, partial_error = exc.artifacts, exc.failed, exc
         distribution = {"strategy": strategy_name(strategy), "num_replicas_in_sync": result.num_replicas_in_sync,
                         "global_batch_size": result.global_batch_size}
         manifest = run_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run,
-                                  artifacts, distribution, resumed=resume is not None)
+                                artifacts, distribution, resumed=resume is not None, warnings=warnings,
+                                dropped=dropped, failed=failed)
     except KeyboardInterrupt:
         raise RunInterrupted(run_dir) from None
     finally:
         if not chief:
             shutil.rmtree(work_dir, ignore_errors=True)
+    if failed:  # the trained model stays in checkpoints/: `--resume` exports again without training
+        raise PartialExport(f"{partial_error}; or run `kerascnn train --resume {run_dir}` with "
+                            f"--set export.formats=... to change what is exported", artifacts, failed)
     (run_dir / TRAINED_MODEL).unlink(missing_ok=True)  # model.keras holds it now
     report = write_report(run_dir, data, model, config.evaluate, seed=config.run.seed) if config.evaluate.report else None
     return RunResult(run_dir=run_dir, model=model, data=data, test_metrics=test_metrics, manifest=manifest,
                      report=report)
+
+
+def describe_data(data: ImageData, color_mode: str = "auto", inferred_size: bool = False) -> str:
+    """One line saying what the model will see: counts, classes, the image shape and, for a folder, where
+    its size and channels came from."""
+    height, width, channels = data.input_shape
+    line = (f"data: {data.name}: {data.counts.get('train', 0)} train / {data.counts.get('validation', 0)} validation "
+            f"/ {data.counts.get('test', 0)} test images, {data.num_classes} classes, {height}x{width}x{channels}")
+    scan = data.folder_scan
+    if scan is None:
+        return line
+    size = ("the median image size; set data.image_size to change it" if inferred_size else "data.image_size")
+    if color_mode != "auto":
+        colour = f"data.color_mode = {color_mode}"
+    elif channels == 1:
+        colour = "grayscale: every image is"
+    else:
+        colour = f"rgb: {scan.rgb_files()} of {len(scan.paths)} images are in colour; data.color_mode = grayscale " \
+                 f"changes it"
+    return f"{line} ({size}; {colour})"
+
+
+def refresh_batch_norm(model: keras.Model, data: ImageData, config: RunConfig, result: TrainResult) -> list[str]:
+    """Re-estimate the moving statistics of BatchNormalization layers that training left stale (see
+    kerascnn.models.batchnorm); return the note saying so, or [] when none was needed."""
+    steps = result.epochs_run * -(-data.counts.get("train", 0) // config.train.batch_size)
+    if not stale_batch_norm(model, steps):
+        return []
+    momentum = max(float(layer.momentum) for layer in trained_batch_norms(model))
+    batches = reestimate_batch_norm(model, data.train.batch(config.train.batch_size))
+    note = (f"BatchNormalization moving statistics re-estimated over {batches} training batches: with momentum "
+            f"{momentum:g}, {steps} training steps had left them near their initial values")
+    if config.train.verbose:
+        print(note)
+    return [note]
+
+
+def evaluate_trained(model: keras.Model, data: ImageData, history: pd.DataFrame,
+                     reestimated: bool = False) -> tuple[dict, list[str]]:
+    """The trained model's test metrics and its sanity warnings (kerascnn.sanity). After a BatchNormalization
+    re-estimation the history's validation accuracy is stale, so the validation split is predicted again."""
+    probabilities, labels = predict_split(predict_function(model), data, "test")
+    val_accuracy = last_value(history, "val_accuracy")
+    if reestimated and data.counts.get("validation"):
+        val_accuracy = classification_metrics(*predict_split(predict_function(model), data, "validation"))["accuracy"]
+    warnings = sanity_warnings(probabilities, labels, data.class_names, last_value(history, "accuracy"),
+                               val_accuracy)
+    return classification_metrics(probabilities, labels), warnings
+
+
+def _with_export_overrides(run_dir: Path, config: RunConfig, overrides: list[str]) -> RunConfig:
+    """The stored config with `export.*` overrides applied (and written back to config.toml)."""
+    settings = config.to_dict()
+    for text in overrides:
+        path, value = parse_override(text)
+        if path[0] != "export":
+            raise ConfigError(f"--resume accepts --set export.* only (to change what is exported), got "
+                              f"{text!r}; the rest of a run's config is fixed once it has trained")
+        merge(settings, path, value)
+    config = config_from_dict(settings)
+    write_text_atomically(run_dir / CONFIG_FILE, config.to_toml())
+    return config
 
 
 def make_model(config: RunConfig, data: ImageData) -> keras.Model:
@@ -272,11 +369,21 @@ def export_run(run_dir: str | Path, overrides: list[str] = (), serving_root: str
         raise ModelLoadError(f"{str(run_dir)!r} has no {KERAS_FILE} to export from; finish the run first with "
                              f"`kerascnn train --resume {run_dir}`")
     model = load(run_dir / KERAS_FILE).runtime.model
-    artifacts = export(model, run_dir, load_data(config.data, seed=config.run.seed), config.export)
+    failure = None
+    try:
+        artifacts = export(model, run_dir, load_data(config.data, seed=config.run.seed), config.export)
+    except PartialExport as exc:
+        artifacts, failure = exc.artifacts, exc
     manifest = read_manifest(run_dir)
     if manifest is not None:
         manifest["artifacts"] = {**manifest.get("artifacts", {}), **artifacts}
+        failed = {name: reason for name, reason in manifest.get("failed_artifacts", {}).items() if name not in artifacts}
+        manifest["failed_artifacts"] = {**failed, **(failure.failed if failure else {})}
+        manifest["dropped_artifacts"] = {**manifest.get("dropped_artifacts", {}),
+                                         **unsupported_artifacts(model, config.export)}
         write_manifest(run_dir, manifest)
+    if failure:
+        raise failure
     return artifacts
 
 

@@ -103,7 +103,8 @@ def train_and_export(name: str, size: int, images: int, seed: int = 42) -> dict:
 
     from kerascnn.config import ExportConfig
     from kerascnn.data.datasets import from_arrays
-    from kerascnn.export import PartialExport, export, unsupported_artifacts
+    from kerascnn.errors import PartialExport
+    from kerascnn.export import export, unsupported_artifacts
     from kerascnn.models.transfer import build_transfer_model
     from kerascnn.training import train
 
