@@ -110,19 +110,24 @@ def config_from_args(args):
 
 
 def cmd_train(args) -> int:
-    from kerascnn.runner import run
-
+    config = None
     if args.resume:
         given = [flag for flag in ("config", "preset", *TRAIN_FLAGS) if getattr(args, flag) is not None] + (
             ["set"] if any(not text.startswith("export.") for text in args.set) else [])
         if given:
             raise KerasCNNError(f"--resume continues a run with its stored config.toml (only --set export.* may "
                                 f"change it); drop {', '.join('--' + flag.replace('_', '-') for flag in given)}")
-        result = run(resume=args.resume, unsafe=args.unsafe, export_overrides=args.set)
     elif args.unsafe:
         raise KerasCNNError("--unsafe applies to the checkpoints of a resumed run; use it with --resume RUN_DIR")
     else:
-        result = run(config_from_args(args))
+        config = config_from_args(args)  # a config error answers before TensorFlow is imported
+
+    from kerascnn.runner import run
+
+    if args.resume:
+        result = run(resume=args.resume, unsafe=args.unsafe, export_overrides=args.set)
+    else:
+        result = run(config)
     if not result.chief:
         print("worker finished: the chief writes the run directory and the artifacts")
         return EXIT_OK

@@ -126,11 +126,7 @@ def native_stderr(verbose: bool | None = None):
     in order; in verbose mode (default: as `configure` set it) all of it is written back.
     """
     verbose = _verbose if verbose is None else verbose
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no real descriptor (e.g. a captured stream): nothing to hide
-        yield
-        return
+    fd = 2  # native code writes to descriptor 2 whatever sys.stderr is
     sys.stderr.flush()
     saved = os.dup(fd)
     with tempfile.TemporaryFile(mode="w+b") as capture:
@@ -145,5 +141,4 @@ def native_stderr(verbose: bool | None = None):
             text = capture.read().decode("utf-8", "replace")
             kept = [line for line in text.splitlines(keepends=True) if verbose or not is_noise(line)]
             if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+                os.write(fd, "".join(kept).encode("utf-8"))
