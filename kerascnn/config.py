@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import types
@@ -599,7 +600,9 @@ def config_reference() -> str:
         docs = _attribute_docs(cls)
         for field in dataclasses.fields(cls):
             value = getattr(getattr(defaults, section.name), field.name)
-            shown = "(none)" if value is None else tomli_w.dumps({"v": _drop_none(value)})[4:].strip()
+            # One line: tomli_w writes lists over several lines, which would break the table row.
+            shown = "(none)" if value is None else (json.dumps(list(value)) if isinstance(value, (list, tuple)) else
+                                                    tomli_w.dumps({"v": _drop_none(value)})[4:].strip())
             meaning = docs.get(field.name, "").replace("|", "\\|")
             out.append(f"| `{field.name}` | `{shown}` | {meaning} |")
         out.append("")

@@ -70,6 +70,12 @@ class RunResult:
     report: Report | None = None
     chief: bool = True
 
+    def __repr__(self) -> str:  # the dataclass default prints the model, the data and the whole manifest
+        accuracy = self.test_metrics.get("accuracy")
+        return (f"RunResult(run_dir={str(self.run_dir) if self.run_dir else None!r}, model={self.model.name!r}, "
+                f"data={self.data!r}, test_accuracy={accuracy if accuracy is None else round(accuracy, 4)}, "
+                f"artifacts={len(self.manifest.get('artifacts', {}))}, warnings={len(self.manifest.get('warnings', []))})")
+
 
 def run_name(config: RunConfig) -> str:
     if config.run.name:
