@@ -58,6 +58,7 @@ QUANTIZED_MIN_AGREEMENT = 0.995
 QUANTIZED_MAX_ACCURACY_DROP = 0.005
 BYTES_SIGNATURE = "serving_bytes"
 FLOAT32_TFLITE = "model.tflite"
+TFLITE_INPUT_NAME = "images_raw_pixels_0_255"
 log = logging.getLogger(__name__)
 
 
@@ -150,6 +151,19 @@ def artifact_metadata(context: ExportContext, variant: str) -> str:
                        "variant": variant, "kerascnn_version": __version__})
 
 
+def input_description(predictor: Predictor) -> dict:
+    """`{"input": ...}` for a TFLite artifact: its input tensor's name and type and, when quantized, the
+    scale and zero point as the file has them (raw pixel = scale x (q - zero_point)); {} otherwise."""
+    runtime = predictor.runtime
+    if not hasattr(runtime, "input_scale"):
+        return {}
+    details = runtime.interpreter.get_input_details()[0]
+    entry = {"name": details["name"], "dtype": np.dtype(runtime.input_dtype).name, "range": "raw pixels 0..255"}
+    if runtime.input_scale:
+        entry.update(scale=float(runtime.input_scale), zero_point=int(runtime.input_zero_point))
+    return {"input": entry}
+
+
 def embed_metadata(flatbuffer: bytes, context: ExportContext, variant: str) -> bytes:
     """The flatbuffer with `artifact_metadata` in its `metadata` table (LiteRT's flatbuffer_utils);
     read back by `kerascnn.load`."""
@@ -157,6 +171,9 @@ def embed_metadata(flatbuffer: bytes, context: ExportContext, variant: str) -> b
     from ai_edge_litert.tools import flatbuffer_utils
 
     tflite_model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    graph = tflite_model.subgraphs[0]
+    for index in graph.inputs:  # the name says what goes in: raw pixels, not pixels / 255
+        graph.tensors[index].name = TFLITE_INPUT_NAME.encode()
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(artifact_metadata(context, variant).encode("utf-8"), np.uint8)
     tflite_model.buffers.append(buffer)
@@ -217,6 +234,7 @@ def write_onnx(model: keras.Model, path: Path, context: ExportContext) -> None:
         return {"probabilities": model(images, training=False)}
 
     onnx_model, _ = tf2onnx.convert.from_function(probabilities, input_signature=spec, opset=ONNX_OPSET)
+    onnx_model.doc_string = "input images: raw pixels 0..255 (float32, NHWC); output: class probabilities"
     onnx.helper.set_model_props(onnx_model, {ARTIFACT_METADATA_KEY: artifact_metadata(context, "float32")})
     onnx.save(onnx_model, str(path))
 
@@ -429,12 +447,13 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
             path = staging / name
             try:
                 spec.writer(model, path, context)
-                check = judge(name, parity(model, Predictor(path), data, reference=reference), spec.exact)
+                predictor = Predictor(path)
+                check = judge(name, parity(model, predictor, data, reference=reference), spec.exact)
             except Exception as exc:  # writers raise whatever their library raises
                 failed[name] = first_line(exc)
                 continue
             size, sha = file_digest(path)
-            checks[name] = {"bytes": size, "sha256": sha, "parity": check}
+            checks[name] = {"bytes": size, "sha256": sha, "parity": check, **input_description(predictor)}
         move_into_place(staging / LABELS_FILE, run_dir / LABELS_FILE)
         artifacts = {}
         for name, entry in checks.items():

@@ -34,8 +34,7 @@ from kerascnn.errors import DataError
 from kerascnn.evaluation import (NotApplicable, diagnostics, embeddings, gradcam, per_example_loss,
                                  positive_class_index, predict_function, predict_split, split_images)
 from kerascnn.rundir import (HISTORY_FILE, HTML_FILE, KERAS_FILE, MARKDOWN_FILE, METRICS_FILE, REPORTS_DIR,
-                             read_manifest,
-                             write_bytes_atomically)
+                             read_manifest, write_bytes_atomically)
 
 DEFAULT_ARTIFACT = KERAS_FILE
 TOP_LOSSES = 12

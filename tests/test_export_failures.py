@@ -85,3 +85,17 @@ def test_a_run_with_a_failed_export_records_it_and_resumes_straight_to_export(tm
 def _write(path, config):
     path.write_text(config.to_toml(), encoding="utf-8")
     return str(path)
+
+
+def test_tflite_inputs_say_raw_pixels_and_the_manifest_states_the_int8_scale_as_the_file_has_it(digits, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = build_model("mlp", digits.input_shape, digits.num_classes, hidden=[16])
+    artifacts = export(model, tmp_path, digits, ExportConfig(formats=("tflite",), tflite=("float32", "int8")))
+    assert artifacts["model.tflite"]["input"] == {"name": "images_raw_pixels_0_255", "dtype": "float32",
+                                                  "range": "raw pixels 0..255"}
+    details = Interpreter(model_path=str(tmp_path / "model_int8.tflite")).get_input_details()[0]
+    described = artifacts["model_int8.tflite"]["input"]
+    assert described["name"] == details["name"] == "images_raw_pixels_0_255" and described["dtype"] == "uint8"
+    assert (described["scale"], described["zero_point"]) == (float(details["quantization"][0]),
+                                                             details["quantization"][1])

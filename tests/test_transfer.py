@@ -304,3 +304,22 @@ def test_transfer_model_file_loads_in_plain_keras_with_its_class_names(tiny_data
                               timeout=120, env={**os.environ, "PYTHONPATH": "", "TF_CPP_MIN_LOG_LEVEL": "3"})
         assert done.returncode == 0, done.stderr[-500:]
         assert done.stdout.strip().splitlines()[-1] == "(1, 3)"
+
+
+def test_weights_of_a_grayscale_run_name_the_channel_difference(cnn_run_model):
+    """cnn_run_model was trained on 8x8x1 images; 3-channel images cannot reuse its first convolution."""
+    with pytest.raises(ModelLoadError, match="trained on 1-channel images but these are 3-channel; set "
+                                             "data.color_mode = grayscale"):
+        build_transfer_model("cnn", (8, 8, 3), 3, weights=str(cnn_run_model), filters=(8, 16))
+
+
+def test_fine_tune_says_its_phases_and_the_strategy_once(tiny_data, cnn_run_model, capsys):
+    from kerascnn.config import TrainConfig
+    from kerascnn.training import fine_tune
+
+    model = build_transfer_model("cnn", (8, 8, 1), 3, "fine_tune", str(cnn_run_model), filters=(8, 16))
+    fine_tune(model, tiny_data, TrainConfig(epochs=2, batch_size=16, verbose=2, tensorboard=False), unfreeze=2)
+    out = capsys.readouterr().out
+    assert out.count("strategy default:") == 1
+    assert "fine_tune phase 1: the head, backbone frozen (epochs 1-1 of 2)" in out
+    assert "fine_tune phase 2: 2 top backbone layers unfrozen, learning rate 0.0001 (epochs 2-2 of 2)" in out

@@ -279,7 +279,15 @@ def _load_weights(network: keras.Model, name: str, path: Path) -> None:
                              f"a .weights.h5/.h5 file, imagenet or none")
     try:
         if path.suffix == ".keras":
-            network.set_weights(_saved_backbone(path).get_weights())
+            saved = _saved_backbone(path)
+            had, has = saved.input_shape[-1], network.input_shape[-1]
+            if had != has:
+                mode = {1: "grayscale", 3: "rgb"}.get(had)
+                raise ModelLoadError(f"weights file {str(path)!r} was trained on {had}-channel images but these are "
+                                     f"{has}-channel; " + (f"set data.color_mode = {mode} to decode them as the "
+                                     f"weights expect, or " if mode else "") + "pass weights trained on "
+                                     f"{has}-channel images")
+            network.set_weights(saved.get_weights())
         elif path.suffix in (".h5", ".hdf5"):
             network.load_weights(path)
         else:
