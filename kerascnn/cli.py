@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         if isinstance(exc, PartialExport):  # what was written, and what was not, before the one-line error
-            print_artifacts(exc.artifacts, failed=exc.failed)
+            print_artifacts(exc.artifacts, exc.dropped, exc.failed)
         print(f"kerascnn: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:  # a RunInterrupted carries the resume command

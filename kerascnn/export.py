@@ -45,7 +45,7 @@ from kerascnn import __version__
 from kerascnn.config import ExportConfig
 from kerascnn.data.decode import decode_encoded_image
 from kerascnn.data.imagedata import ImageData
-from kerascnn.errors import ConfigError, DataError, PartialExport, first_line
+from kerascnn.errors import ConfigError, DataError, ExportError, PartialExport, first_line
 from kerascnn.evaluation import predict_split
 from kerascnn.models.registry import model_input_shape
 from kerascnn.predict import ARTIFACT_METADATA_KEY, KERAS_METADATA_FILE, Predictor

@@ -44,6 +44,7 @@ from kerascnn.resume import RunInterrupted, check_resumable
 from kerascnn.rundir import (CONFIG_FILE, HISTORY_FILE, KERAS_FILE, SKIPPED_FILES_CSV, TRAINED_MODEL, read_manifest,
                              read_run_config, require_run_dir, write_atomically, write_manifest,
                              write_text_atomically)
+from kerascnn.quiet import warn_once
 from kerascnn.safety import load_keras_model
 from kerascnn.sanity import last_value, sanity_warnings
 from kerascnn.training import TrainResult, fine_tune, fine_tune_configs, train
@@ -228,6 +229,9 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
             write_text_atomically(run_dir / CONFIG_FILE, config.to_toml())
         if data.folder_scan is not None:
             write_atomically(run_dir / SKIPPED_FILES_CSV, data.folder_scan.write_skipped)
+            if data.folder_scan.skipped:
+                warn_once(f"{len(data.folder_scan.skipped)} files skipped, listed with the reason in "
+                          f"{(run_dir / SKIPPED_FILES_CSV).resolve()}")
     work_dir = run_dir or Path(tempfile.mkdtemp(prefix="kerascnn-worker-"))
     train_config = config.train if chief else dataclasses.replace(config.train, verbose=0)  # the chief reports
     fit = partial(fine_tune, unfreeze=config.model.unfreeze) if config.model.transfer == "fine_tune" else train
@@ -246,6 +250,8 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         notes = refresh_batch_norm(model, data, config, result)
         test_metrics, warnings = evaluate_trained(model, data, result.history, bool(notes))
         warnings = notes + warnings
+        for warning in warnings:  # said now, before the export; the CLI's closing summary does not repeat them
+            warn_once(warning)
         dropped = unsupported_artifacts(model, config.export)
         try:
             artifacts, failed = export(model, run_dir, data, config.export), {}
@@ -263,7 +269,7 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
             shutil.rmtree(work_dir, ignore_errors=True)
     if failed:  # the trained model stays in checkpoints/: `--resume` exports again without training
         raise PartialExport(f"{partial_error}; or run `kerascnn train --resume {run_dir}` with "
-                            f"--set export.formats=... to change what is exported", artifacts, failed)
+                            f"--set export.formats=... to change what is exported", artifacts, failed, dropped)
     (run_dir / TRAINED_MODEL).unlink(missing_ok=True)  # model.keras holds it now
     report = write_report(run_dir, data, model, config.evaluate, seed=config.run.seed) if config.evaluate.report else None
     return RunResult(run_dir=run_dir, model=model, data=data, test_metrics=test_metrics, manifest=manifest,
@@ -300,8 +306,6 @@ def refresh_batch_norm(model: keras.Model, data: ImageData, config: RunConfig, r
     batches = reestimate_batch_norm(model, data.train.batch(config.train.batch_size))
     note = (f"BatchNormalization moving statistics re-estimated over {batches} training batches: with momentum "
             f"{momentum:g}, {steps} training steps had left them near their initial values")
-    if config.train.verbose:
-        print(note)
     return [note]
 
 

@@ -209,8 +209,8 @@ def scan_folder(root: Path, strict: bool = False) -> FolderScan:
     if strict and (skipped or empty_classes):
         raise DataError(_strict_message(root, skipped, empty_classes))
     if skipped:
-        log.warning("skipped %d of %d files under %s that are not usable images (listed in %s)", len(skipped),
-                    seen, root, SKIPPED_FILES_CSV)
+        log.warning("skipped %d of %d files under %s that are not usable images (a run lists them in its %s)",
+                    len(skipped), seen, root, SKIPPED_FILES_CSV)
     for name in empty_classes:
         log.warning("class folder %s has no usable images and is skipped", root / name)
     if not usable:
