@@ -33,6 +33,7 @@ from kerascnn.data.imagedata import ImageData
 from kerascnn.errors import DataError
 from kerascnn.evaluation import (NotApplicable, diagnostics, embeddings, gradcam, per_example_loss,
                                  positive_class_index, predict_function, predict_split, split_images)
+from kerascnn.models.transfer import BACKBONE_LAYER
 from kerascnn.rundir import (HISTORY_FILE, HTML_FILE, KERAS_FILE, MARKDOWN_FILE, METRICS_FILE, REPORTS_DIR,
                              read_manifest, write_bytes_atomically)
 
@@ -188,6 +189,9 @@ def _image_figures(data: ImageData, model, probabilities: np.ndarray, labels: np
         figures["gradcam.png"] = plots.gradcam_figure(images, heatmaps, labels[cam], predicted[cam], confidence[cam],
                                                       data.class_names, layer)
     except NotApplicable as exc:
+        if any(layer.name == BACKBONE_LAYER and hasattr(layer, "layers") for layer in keras_model.layers):
+            exc = ("a transfer model's feature maps are inside its nested `backbone` model, which Grad-CAM cannot "
+                   "open from the outside; the other figures are unaffected")
         notes.append(f"Grad-CAM skipped: {exc}")
     return figures
 

@@ -159,9 +159,11 @@ def test_a_run_prints_and_records_the_inferred_shape(tmp_path, capsys):
     config = load_config(values={"data.dataset": str(tmp_path / "images"), "model.name": "mlp",
                                  "model.options": {"hidden": [8]}, "run.output": str(tmp_path / "runs"),
                                  "run.name": "r", "train.epochs": 1, "train.tensorboard": False,
-                                 "evaluate.report": False, "export.formats": ["keras"]})
-    run(config)
+                                 "evaluate.tsne_sample": 0, "export.formats": ["keras"]})
+    result = run(config)
     out = capsys.readouterr().out
+    assert repr(result).startswith(f"RunResult(run_dir={str(tmp_path / 'runs' / 'r')!r}, model=") and len(repr(result)) < 400
+    assert "Trained: mlp on " in (tmp_path / "runs" / "r" / "report.md").read_text()  # the report's training context
     assert f"data: {tmp_path / 'images'}: " in out and "2 classes, 12x10x1 (the median image size; set " \
                                                        "data.image_size to change it; grayscale: every image is)" in out
     assert read_run_config(tmp_path / "runs" / "r").data.image_size == (12, 10)
