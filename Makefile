@@ -15,7 +15,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	# one OpenCV distribution: mediapipe brings opencv-contrib-python; a headless copy would shadow its cv2
 	$(BIN)/python -m pip uninstall --quiet --yes opencv-python-headless
-	$(BIN)/python -c "import cv2, mediapipe, keras_tuner, fastapi, grpc, tensorflow_serving.apis, cleanlab, imagehash"
+	# MediaPipe Tasks' vision API must import; its sounddevice dependency needs the PortAudio library
+	# (Debian libportaudio2) only for audio recording, which kerascnn does not use
+	$(BIN)/python -c "import cv2, mediapipe, keras_tuner, fastapi, grpc, tensorflow_serving.apis, cleanlab, imagehash; from mediapipe.tasks.python import vision"
 	touch $(STAMP)
 
 demo: setup

@@ -141,10 +141,15 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
+MEDIAPIPE_ROW = "  in MediaPipe Tasks"
+
+
 def print_artifacts(artifacts: dict, dropped: dict | None = None, failed: dict | None = None) -> None:
-    """The parity table, one line an artifact (and one each for those dropped or failed, with the reason),
-    then a warning for each artifact that missed its bar (said once, see kerascnn.quiet)."""
-    width = max([len("artifact"), *map(len, artifacts), *map(len, dropped or {}), *map(len, failed or {})]) + 2
+    """The parity table, one line an artifact (and one for MediaPipe Tasks under each .tflite file, and
+    one each for the artifacts dropped or failed, with the reason), then a warning for each check that
+    missed its bar (said once, see kerascnn.quiet)."""
+    width = max([len("artifact"), len(MEDIAPIPE_ROW), *map(len, artifacts), *map(len, dropped or {}),
+                 *map(len, failed or {})]) + 2
     print(f"{'artifact':<{width}}{'bytes':>12}{'vs tflite':>10}{'accuracy':>10}{'top-1 agree':>13}{'max |dp|':>11}"
           f"  check")
     for name, entry in artifacts.items():
@@ -153,12 +158,20 @@ def print_artifacts(artifacts: dict, dropped: dict | None = None, failed: dict |
         check = "ok" if parity.get("passed", True) else "FAILED"
         print(f"{name:<{width}}{entry['bytes']:>12}{f'{relative:.2f}x' if relative else '-':>10}"
               f"{parity['accuracy']:>10.4f}{parity['top1_agreement']:>13.4f}{parity['max_abs_diff']:>11.1e}  {check}")
+        mediapipe = entry.get("mediapipe_tasks")
+        if mediapipe and "skipped" in mediapipe:
+            print(f"{MEDIAPIPE_ROW:<{width}}{'-':>12}{'-':>10}{'-':>10}{'-':>13}{'-':>11}  skipped")
+        elif mediapipe:
+            print(f"{MEDIAPIPE_ROW:<{width}}{'-':>12}{'-':>10}{mediapipe['accuracy']:>10.4f}"
+                  f"{mediapipe['top1_agreement']:>13.4f}{mediapipe['max_abs_diff']:>11.1e}  "
+                  f"{'ok' if mediapipe['passed'] else 'FAILED'}")
     for label, rows in (("dropped", dropped or {}), ("FAILED", failed or {})):
         for name, reason in rows.items():
             print(f"{name:<{width}}{'-':>12}{'-':>10}{'-':>10}{'-':>13}{'-':>11}  {label}: {reason}")
     for entry in artifacts.values():
-        if "warning" in entry["parity"]:
-            quiet.warn_once(entry["parity"]["warning"])
+        for check in (entry["parity"], entry.get("mediapipe_tasks") or {}):
+            if "warning" in check:
+                quiet.warn_once(check["warning"])
 
 
 # `kerascnn evaluate` flag -> dotted config key.
@@ -300,6 +313,36 @@ def _add_augment_preview(sub) -> None:
                    help="override any config value, e.g. --set augment.rotation_range=30 (repeatable)")
 
 
+def cmd_serve(args) -> int:
+    from kerascnn.serve.models import ServeOptions
+    from kerascnn.serve.server import serve
+
+    options = ServeOptions(max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
+                           keep_versions=args.keep_versions, poll_seconds=args.poll_seconds,
+                           max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels)
+    serve(args.path, args.model_name, args.host, args.port, args.grpc_port, options, access_log=args.access_log)
+    return EXIT_OK
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve a run's SavedModel versions with TF Serving's REST and gRPC APIs")
+    p.add_argument("path", help="run directory (serves its saved_model/<version>/) or serving root (<root>/<version>/)")
+    p.add_argument("--model-name", help="name in the URLs and gRPC model_spec (default: the folder's name)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8501, help="REST port (default 8501, as TF Serving)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default: no gRPC; TF Serving uses 8500)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="most rows merged into one model call (default 32)")
+    p.add_argument("--batch-timeout-ms", type=float, default=0.0,
+                   help="longest wait for more requests to merge (default 0: only those already waiting)")
+    p.add_argument("--keep-versions", type=int, default=1, help="newest versions kept loaded (default 1)")
+    p.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new versions (default 1)")
+    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024,
+                   help="largest request body; bigger ones get 413 (default 16 MiB)")
+    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                   help="largest width x height of an encoded image, checked before decoding (default 4096x4096)")
+    p.add_argument("--access-log", action="store_true", help="log every HTTP request")
+
+
 def _add_bench(sub) -> None:
     from kerascnn.bench import load_benches
 
@@ -356,12 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbones", help="list the pre-trained backbones for --backbone")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects (name, default_size, min_size, ...)")
     _add_bench(sub)
+    _add_serve(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
             "datasets": cmd_datasets, "config-reference": cmd_config_reference, "augment-preview": cmd_augment_preview, "backbones": cmd_backbones,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -348,6 +348,15 @@ class ExportConfig:
         calibration_images: training images the int8 converter calibrates activation ranges on (default 256).
         serving_root: folder that receives the SavedModel as its next integer version, TF-Serving style;
             older versions are never touched (default: `saved_model/` inside the run directory).
+        tflite_gray_input: keep a 1-channel input in the TFLite files of grayscale models, for apps
+            that feed gray arrays (default False: they take an RGB image and convert it to gray
+            inside, which MediaPipe Tasks needs; `kerascnn predict` behaves the same either way).
+        model_name: model name written into the TFLite Metadata (default: the run name).
+        description: model description written into the TFLite Metadata (default: the classes and
+            the input it takes).
+        version: model version written into the TFLite Metadata (default "1").
+        author: author written into the TFLite Metadata (default: none).
+        license: licence written into the TFLite Metadata, e.g. "Apache-2.0" (default: none).
     """
 
     formats: tuple[str, ...] = DEFAULT_EXPORT_FORMATS
@@ -355,6 +364,12 @@ class ExportConfig:
     int8_io: str = "uint8"
     calibration_images: int = 256
     serving_root: str | None = None
+    tflite_gray_input: bool = False
+    model_name: str | None = None
+    description: str | None = None
+    version: str = "1"
+    author: str | None = None
+    license: str | None = None
 
     def __post_init__(self):
         for fmt in self.formats:
@@ -371,6 +386,12 @@ class ExportConfig:
                f"export.calibration_images must be positive, got {self.calibration_images}")
         if self.serving_root is not None:
             _check(self.serving_root.strip() != "", "export.serving_root must be a folder path, got ''")
+        for key in ("model_name", "description", "author", "license"):
+            value = getattr(self, key)
+            _check(value is None or (isinstance(value, str) and value.strip() != ""),
+                   f"export.{key} must be a non-empty string, got {value!r}; leave it out for the default")
+        _check(isinstance(self.version, str) and self.version.strip() != "",
+               f"export.version must be a non-empty string such as \"1\", got {self.version!r}")
 
 
 @dataclasses.dataclass(frozen=True)

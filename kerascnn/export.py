@@ -8,7 +8,9 @@ export therefore never leaves a half-written artifact where a finished one is ex
 Writers use the ecosystem's own exporters: `model.save` (.keras, legacy .h5), Keras
 `ExportArchive` (SavedModel with a raw-pixel `serving_default` and an image-bytes signature),
 `tf.lite.TFLiteConverter` (float32, float16, dynamic-range and full-integer variants), LiteRT's
-`flatbuffer_utils` to embed the class names in each `.tflite` file, and optionally tf2onnx (ONNX).
+`flatbuffer_utils` to embed kerascnn's own entry in each `.tflite` file and MediaPipe's metadata
+writer for the standard TFLite Metadata (`kerascnn.tflite_metadata`), and optionally tf2onnx (ONNX).
+Each `.tflite` file is also run by MediaPipe Tasks' `ImageClassifier`, held to the same bars.
 
 Float artifacts must agree with the model on every test image (|delta p| <= 1e-4) or they fail.
 Quantized TFLite variants must agree on >= 99.5 % with <= 0.5 point accuracy drop; one that does
@@ -45,18 +47,22 @@ from kerascnn import __version__
 from kerascnn.config import ExportConfig
 from kerascnn.data.decode import decode_encoded_image
 from kerascnn.data.imagedata import ImageData
-from kerascnn.errors import ConfigError, DataError, ExportError, PartialExport, first_line
+from kerascnn.errors import ConfigError, DataError, ExportError, ModelLoadError, PartialExport, first_line
 from kerascnn.evaluation import predict_split
 from kerascnn.models.registry import model_input_shape
 from kerascnn.predict import ARTIFACT_METADATA_KEY, KERAS_METADATA_FILE, Predictor
 from kerascnn.quiet import native_stderr
 from kerascnn.rundir import H5_FILE, KERAS_FILE, LABELS_FILE, SAVED_MODEL_DIR, move_into_place
+from kerascnn.tflite_input import takes_rgb_in_tflite, write_rgb_input_saved_model
+from kerascnn.tflite_metadata import write_metadata
 
 FLOAT_TOLERANCE = 1e-4
 TIE_TOLERANCE = 1e-6
 QUANTIZED_MIN_AGREEMENT = 0.995
 QUANTIZED_MAX_ACCURACY_DROP = 0.005
 BYTES_SIGNATURE = "serving_bytes"
+CLASSIFY_SIGNATURE, CLASSIFY_FEATURE = "classify", "image"  # TF Serving's Classify API over tf.Example images
+CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
 FLOAT32_TFLITE = "model.tflite"
 TFLITE_INPUT_NAME = "images_raw_pixels_0_255"
 log = logging.getLogger(__name__)
@@ -71,32 +77,56 @@ class ExportContext:
     data: ImageData
     config: ExportConfig
     scratch: Path
+    run_name: str = ""
+
+    @functools.cached_property
+    def rgb_input(self) -> bool:
+        """Whether the TFLite files take RGB images for a gray model (`kerascnn.tflite_input`)."""
+        return takes_rgb_in_tflite(self.model, self.config.tflite_gray_input)
 
     @functools.cached_property
     def plain_saved_model(self) -> str:
-        """The model's plain SavedModel export, made once and shared by every TFLite conversion.
+        """The SavedModel every TFLite conversion starts from, made once: the model traced with
+        `training=False`, or for a gray model its RGB-input wrapper (traced so too).
 
-        Traced with `training=False` explicitly, as every other artifact: `model.export()` traces the
-        call with `training=None`, which for a from_scratch MobileNetV3 with re-estimated BatchNormalization
-        statistics gave other probabilities than inference mode (max |dp| 0.54, measured).
+        Not `model.export()`: it traces the call with `training=None`, which for a from_scratch
+        MobileNetV3 with re-estimated BatchNormalization statistics gave other probabilities than
+        inference mode (max |dp| 0.54, measured).
         """
-        path = self.scratch / "plain_saved_model"
+        path = str(self.scratch / "plain_saved_model")
+        if self.rgb_input:
+            write_rgb_input_saved_model(self.model, path)
+            return path
         archive = keras.export.ExportArchive()
         archive.track(self.model)
         spec = tf.TensorSpec([None, *model_input_shape(self.model)], tf.float32, name="images")
         archive.add_endpoint("serving_default", tf.function(lambda images: self.model(images, training=False),
                                                             input_signature=[spec]))
-        archive.write_out(str(path), verbose=False)
-        return str(path)
+        archive.write_out(path, verbose=False)
+        return path
 
     def tflite_converter(self) -> tf.lite.TFLiteConverter:
         """A fresh converter over the plain SavedModel (quiet, unlike from_keras_model)."""
         return tf.lite.TFLiteConverter.from_saved_model(self.plain_saved_model)
 
     def representative_dataset(self):
-        """The first `calibration_images` images of the (already shuffled) training split, one a batch."""
+        """The first `calibration_images` images of the (already shuffled) training split, one a batch
+        (gray ones repeated into RGB for an RGB-input file)."""
         for image, _ in self.data.train.take(self.config.calibration_images):
-            yield [tf.expand_dims(image, 0)]
+            yield [tf.expand_dims(tf.tile(image, [1, 1, 3]) if self.rgb_input else image, 0)]
+
+    def with_tflite_metadata(self, flatbuffer: bytes) -> bytes:
+        """`flatbuffer` with standard TFLite Metadata (labels, normalisation, general information)."""
+        config, height, width = self.config, *self.data.input_shape[:2]
+        names = ", ".join(self.class_names[:10]) + (", ..." if len(self.class_names) > 10 else "")
+        description = config.description or (
+            f"Image classifier trained with kerascnn {__version__}: {len(self.class_names)} classes ({names}); "
+            f"takes a {height}x{width} {'gray' if self.data.input_shape[2] == 1 and not self.rgb_input else 'RGB'} "
+            f"image, raw 0..255 pixels"
+            + (" (converted to gray inside)" if self.rgb_input else "") + ".")
+        return write_metadata(flatbuffer, self.class_names, name=config.model_name or self.run_name or "kerascnn",
+                              description=description, version=config.version, author=config.author or "",
+                              license=config.license or "", gray_inside=self.rgb_input)
 
 
 def write_keras(model: keras.Model, path: Path, context: ExportContext) -> None:
@@ -117,11 +147,14 @@ def write_h5(model: keras.Model, path: Path, context: ExportContext) -> None:
 
 
 def write_saved_model(model: keras.Model, path: Path, context: ExportContext) -> None:
-    """A TF-Serving SavedModel with two signatures returning `probabilities`, `class_id`, `class_name`.
+    """A TF-Serving SavedModel with two signatures returning `probabilities`, `class_id`, `class_name`,
+    and a classify signature.
 
     `serving_default` takes raw pixels (`images`, float32 N x H x W x C, 0..255); `serving_bytes`
     takes encoded images (`image_bytes`, tf.string, PNG/JPEG/BMP/GIF of any size, gray or color) and
-    decodes and resizes them in-graph exactly as training and `Predictor` do.
+    decodes and resizes them in-graph exactly as training and `Predictor` do. `classify` (method
+    `tensorflow/serving/classify`) takes serialized tf.Example with the encoded image in feature
+    `image` and returns `classes` and `scores`, for TF Serving's Classify API.
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -140,19 +173,46 @@ def write_saved_model(model: keras.Model, path: Path, context: ExportContext) ->
     def decode(contents):
         return decode_encoded_image(contents, channels, (height, width))
 
+    def decode_all(contents):
+        return tf.map_fn(decode, contents, fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_bytes(image_bytes):
-        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec((height, width, channels),
-                                                                                  tf.float32))
-        return named_outputs(images)
+        return named_outputs(decode_all(image_bytes))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classify(inputs):
+        """TF Serving's classify contract (classifier.cc): serialized tf.Example `inputs` with the encoded
+        image in bytes feature `image`; `classes` (names) and `scores`, every class, best first."""
+        features = tf.io.parse_example(inputs, {CLASSIFY_FEATURE: tf.io.FixedLenFeature([], tf.string)})
+        scores, order = tf.math.top_k(named_outputs(decode_all(features[CLASSIFY_FEATURE]))["probabilities"],
+                                      k=len(context.class_names))
+        return {"classes": tf.gather(names, order), "scores": scores}
 
     archive.add_endpoint("serving_default", serving_default)
     archive.add_endpoint(BYTES_SIGNATURE, serving_bytes)
+    archive.add_endpoint(CLASSIFY_SIGNATURE, classify)
     archive.write_out(str(path), verbose=False)
+    mark_classify_signature(path)
     # assets.extra/ is SavedModel's place for files the loader ignores: a version copied alone to a
     # server still names its classes for `kerascnn.load`.
     (path / "assets.extra").mkdir(exist_ok=True)
     (path / "assets.extra" / LABELS_FILE).write_text("\n".join(context.class_names) + "\n", encoding="utf-8")
+
+
+def mark_classify_signature(path: Path) -> None:
+    """Give the `classify` signature TF Serving's classify method name, which its Classify API requires.
+
+    `tf.saved_model.save` writes every signature as a predict signature; the method name is only a
+    field of the SignatureDef in saved_model.pb, which TensorFlow's own loader ignores.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    graph_file = path / "saved_model.pb"
+    saved_model = saved_model_pb2.SavedModel.FromString(graph_file.read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        meta_graph.signature_def[CLASSIFY_SIGNATURE].method_name = CLASSIFY_METHOD_NAME
+    graph_file.write_bytes(saved_model.SerializeToString())
 
 
 def artifact_metadata(context: ExportContext, variant: str) -> str:
@@ -208,7 +268,7 @@ def tflite_writer(variant: str, quantize: Callable[[tf.lite.TFLiteConverter, Exp
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ExportError(f"TFLite {variant} conversion failed: {first_line}; drop {variant!r} from "
                               f"export.tflite") from None
-        path.write_bytes(embed_metadata(flatbuffer, context, variant))
+        path.write_bytes(context.with_tflite_metadata(embed_metadata(flatbuffer, context, variant)))
 
     return write
 
@@ -381,6 +441,28 @@ def judge(name: str, check: dict, exact: bool) -> dict:
     return result
 
 
+def mediapipe_tasks_parity(name: str, model: keras.Model, path: Path, data: ImageData, exact: bool,
+                           reference: tuple[np.ndarray, np.ndarray]) -> dict:
+    """`parity` of a `.tflite` file run by MediaPipe Tasks' `ImageClassifier`, judged like the file
+    itself (`judge`), or `{"skipped": reason}` where MediaPipe cannot run it (a 1-channel input kept
+    with export.tflite_gray_input, int8 I/O). MediaPipe takes uint8 images, so `reference` is the
+    model's output on the test pixels rounded to uint8. Raises ExportError if MediaPipe names the
+    classes differently from the model."""
+    from kerascnn.mediapipe_tasks import MediaPipeClassifier
+
+    try:
+        classifier = MediaPipeClassifier(path)
+    except ModelLoadError as exc:
+        log.info("%s", exc)
+        return {"skipped": str(exc)}
+    with classifier:
+        result = judge(f"{name} in MediaPipe Tasks", parity(model, classifier, data, reference=reference), exact)
+        if classifier.class_names != list(data.class_names):
+            raise ExportError(f"MediaPipe Tasks reads the classes of {name} as {classifier.class_names[:5]}..., not "
+                              f"{list(data.class_names)[:5]}...; nothing was written")
+    return result
+
+
 def publish_version(source: Path, serving_root: Path) -> Path:
     """Move a SavedModel folder into `serving_root/<next integer version>` and return that path.
 
@@ -431,8 +513,10 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     Each entry (keyed by the path relative to `run_dir`, or absolute for a SavedModel in a serving
     root elsewhere): `bytes`, `sha256`, `size_vs_tflite_float32` and `parity` (`top1_agreement`,
     `max_abs_diff`, `n`, `accuracy`, `accuracy_drop`, `criterion`, `passed`, and `warning` when a
-    quantized variant misses its bar). The SavedModel goes to the next integer version of
-    `config.serving_root` (default `run_dir/saved_model`). Raises ExportError, leaving existing files
+    quantized variant misses its bar); `.tflite` files also have `mediapipe_tasks`, the same parity
+    for MediaPipe Tasks' `ImageClassifier` running the file (or `skipped` with MediaPipe's reason).
+    The SavedModel goes to the next integer version of `config.serving_root` (default
+    `run_dir/saved_model`). Raises ExportError, leaving existing files
     untouched, if a float artifact disagrees with the model on any test image; DataError if int8 is
     asked for without training images to calibrate on.
 
@@ -450,8 +534,11 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=run_dir))
     try:
         (staging / LABELS_FILE).write_text("\n".join(data.class_names) + "\n", encoding="utf-8")
-        context = ExportContext(model, list(data.class_names), data, config, staging / ".scratch")
+        context = ExportContext(model, list(data.class_names), data, config, staging / ".scratch",
+                                run_name=run_dir.resolve().name)
         reference = predict_split(lambda images: model(images, training=False), data)
+        uint8_reference = predict_split(lambda images: model(tf.clip_by_value(tf.round(images), 0, 255), training=False),
+                                        data) if any(name.endswith(".tflite") for name in planned) else None
         checks, failed = {}, {}
         for name, spec in planned.items():
             path = staging / name
@@ -464,6 +551,9 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
                 continue
             size, sha = file_digest(path)
             checks[name] = {"bytes": size, "sha256": sha, "parity": check, **input_description(predictor)}
+            if name.endswith(".tflite"):
+                checks[name]["mediapipe_tasks"] = mediapipe_tasks_parity(name, model, path, data, spec.exact,
+                                                                          uint8_reference)
         move_into_place(staging / LABELS_FILE, run_dir / LABELS_FILE)
         artifacts = {}
         for name, entry in checks.items():

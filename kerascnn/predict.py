@@ -75,6 +75,8 @@ class TFLiteRuntime:
 
     Built for low batch-1 overhead: tensor indices, quantization parameters and the interpreter's
     bound methods are looked up once, and tensors are re-allocated only when the batch size changes.
+    The file of a gray model that takes RGB images (`kerascnn.tflite_input`) still takes gray pixels
+    here, as every other artifact of that model does: they are repeated into three channels.
     """
 
     def __init__(self, path: Path):
@@ -85,7 +87,7 @@ class TFLiteRuntime:
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"cannot load {str(path)!r} as a TFLite model ({first_line(exc)})") from None
         (model_input,), (model_output,) = self.interpreter.get_input_details(), self.interpreter.get_output_details()
-        self.input_shape = tuple(int(s) for s in model_input["shape"][1:])
+        self.file_input_shape = tuple(int(s) for s in model_input["shape"][1:])
         self.input_index, self.output_index = model_input["index"], model_output["index"]
         self.input_dtype = model_input["dtype"]
         self.input_scale, self.input_zero_point = model_input["quantization"]
@@ -94,16 +96,20 @@ class TFLiteRuntime:
         self._get_tensor = self.interpreter.get_tensor
         self.batch_size = None
         self.metadata = tflite_metadata(path)
+        model_shape = tuple(self.metadata.get("input_shape", self.file_input_shape))
+        self.gray_to_rgb = model_shape[-1] == 1 and self.file_input_shape[-1] == 3
+        self.input_shape = model_shape if self.gray_to_rgb else self.file_input_shape
 
     def _resize(self, batch_size: int) -> None:
-        self.interpreter.resize_tensor_input(self.input_index, [batch_size, *self.input_shape])
+        self.interpreter.resize_tensor_input(self.input_index, [batch_size, *self.file_input_shape])
         with native_stderr():  # the first allocation prints "INFO: Created TensorFlow Lite XNNPACK delegate"
             self.interpreter.allocate_tensors()
         self.batch_size = batch_size
 
     def _quantize(self, images: np.ndarray) -> np.ndarray:
         # Array methods, not np.clip/np.round: ~3x less call overhead on the small arrays of batch 1.
-        # With uint8 input, export's quantization of 0..255 pixels is the identity (scale 1, zero point 0).
+        # The scale is the file's own: calibration sets it from the pixel range it saw (e.g. 0.99884 for
+        # uint8 when the brightest calibration pixel was 254.7), so whole pixels still round to themselves.
         if self.input_scale != 1.0 or self.input_zero_point != 0:
             images = images * np.float32(1.0 / self.input_scale) + np.float32(self.input_zero_point)
         info = np.iinfo(self.input_dtype)
@@ -112,6 +118,8 @@ class TFLiteRuntime:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if len(images) != self.batch_size:
             self._resize(len(images))
+        if self.gray_to_rgb:
+            images = np.repeat(images, 3, axis=-1)
         self._set_tensor(self.input_index, self._quantize(images) if self.input_scale else images)
         self._invoke()
         output = self._get_tensor(self.output_index)  # a copy, safe from the next invoke
@@ -188,18 +196,24 @@ def keras_file_metadata(path: Path) -> dict:
 
 
 def tflite_metadata(path: Path) -> dict:
-    """The metadata kerascnn's export embeds in a `.tflite` file (class names, input shape, variant), or {}."""
+    """What a `.tflite` file says about itself: kerascnn's own entry (the model's input shape, variant),
+    with `class_names` from the standard TFLite Metadata's labels where it has them; {} if neither."""
     from ai_edge_litert import schema_py_generated as schema
 
+    from kerascnn.tflite_metadata import read_class_names
+
+    content = path.read_bytes()
+    found = {}
     try:
-        model = schema.Model.GetRootAs(path.read_bytes(), 0)
+        model = schema.Model.GetRootAs(content, 0)
         for i in range(model.MetadataLength()):
             entry = model.Metadata(i)
             if entry.Name() == ARTIFACT_METADATA_KEY.encode():
-                return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+                found = json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
     except (ValueError, IndexError, AttributeError):  # a flatbuffer from elsewhere with odd metadata
         pass
-    return {}
+    labels = read_class_names(content)
+    return {**found, "class_names": labels} if labels else found
 
 
 def find_class_names(path: Path, num_classes: int) -> list[str]:

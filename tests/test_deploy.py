@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kerascnn.cli import main, print_artifacts
+from kerascnn.cli import MEDIAPIPE_ROW, main, print_artifacts
 from kerascnn.config import ExportConfig, load_config
 from kerascnn.errors import ConfigError, DataError, ExportError
 from kerascnn.export import TFLITE_FILES, ArtifactSpec, ExportContext, _dynamic_range, export, file_digest, \
@@ -81,8 +81,11 @@ def test_train_prints_the_parity_table(digits_run, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["artifact", "bytes", "vs", "tflite", "accuracy", "top-1", "agree", "max", "|dp|",
                                 "check"]
-    assert [line.split()[0] for line in lines[1:8]] == FLOAT_ARTIFACTS + QUANTIZED_ARTIFACTS
-    assert lines[4].split()[2] == "1.00x"
+    rows = [line for line in lines[1:] if not line.startswith(MEDIAPIPE_ROW)]
+    assert [line.split()[0] for line in rows[:7]] == FLOAT_ARTIFACTS + QUANTIZED_ARTIFACTS
+    assert rows[3].split()[2] == "1.00x"
+    tflite_rows = [i for i, line in enumerate(lines) if line.split()[0].endswith(".tflite")]
+    assert all(lines[i + 1].startswith(MEDIAPIPE_ROW) for i in tflite_rows)  # MediaPipe Tasks under each
 
 
 def encoded(pixels: np.ndarray, fmt: str, size=None, mode="L") -> bytes:
@@ -156,8 +159,9 @@ def test_a_float_artifact_that_disagrees_fails_the_export_and_writes_nothing(dig
 
 def test_an_int8_model_that_misses_its_bar_is_flagged_loudly(digits_run, tmp_path, monkeypatch, caplog, capsys):
     def blank_calibration(context):
-        for _ in range(8):
-            yield [np.zeros((1, *context.data.input_shape), np.float32)]
+        height, width, channels = context.data.input_shape
+        for _ in range(8):  # a gray model's TFLite files take RGB images (kerascnn.tflite_input)
+            yield [np.zeros((1, height, width, 3 if context.rgb_input else channels), np.float32)]
 
     monkeypatch.setattr(ExportContext, "representative_dataset", blank_calibration)
     with caplog.at_level(logging.WARNING, logger="kerascnn.export"):

@@ -59,8 +59,9 @@ x, expected = np.load(root + "/images.npy"), np.load(root + "/expected.npy")
 outputs = [keras.saving.load_model(root + "/model.keras")(x), keras.saving.load_model(root + "/model.h5")(x),
            tf.saved_model.load(root + "/saved_model/1").signatures["serving_default"](images=x)["probabilities"]]
 it = Interpreter(model_path=root + "/model.tflite")
-it.resize_tensor_input(0, x.shape); it.allocate_tensors()
-it.set_tensor(it.get_input_details()[0]["index"], x); it.invoke()
+rgb = np.repeat(x, 3, axis=-1)  # a gray model's TFLite file takes RGB images and converts them inside
+it.resize_tensor_input(0, rgb.shape); it.allocate_tensors()
+it.set_tensor(it.get_input_details()[0]["index"], rgb); it.invoke()
 outputs.append(it.get_tensor(it.get_output_details()[0]["index"]))
 assert "kerascnn" not in sys.modules
 print(max(float(np.abs(np.asarray(o) - expected).max()) for o in outputs))

@@ -144,6 +144,7 @@ def test_bench_predict_times_every_artifact_against_raw_litert(run_dir, capsys):
     for name in ("model.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite"):
         assert results[f"{name}.predictor_over_raw"] == pytest.approx(
             results[f"{name}.batch1_ms"] / results[f"{name}.raw_litert_batch1_ms"], rel=1e-2)
+        assert results[f"{name}.mediapipe_tasks_batch1_ms"] > 0  # the same file in MediaPipe Tasks
 
 
 def test_training_folders_and_predict_decode_gray_bmp_gif_png_alike(tmp_path):

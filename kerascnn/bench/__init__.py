@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-BENCH_MODULES = ("kerascnn.bench.augment", "kerascnn.bench.predict", "kerascnn.bench.train",
+BENCH_MODULES = ("kerascnn.bench.augment", "kerascnn.bench.predict", "kerascnn.bench.serve", "kerascnn.bench.train",
                  "kerascnn.bench.transfer")  # imported lazily by the CLI
 
 

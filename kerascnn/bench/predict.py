@@ -5,7 +5,9 @@ measures, through `kerascnn.load`, the median batch-1 latency and the throughput
 on random raw pixels of the model's input shape (content does not change the work done). Each
 `.tflite` file is also run by the bare LiteRT interpreter (set_tensor / invoke / get_tensor on
 ready-made input), the reference the Predictor's overhead is measured against: the target is
-`predictor_over_raw` <= 1.5 at batch 1.
+`predictor_over_raw` <= 1.5 at batch 1. Each `.tflite` file MediaPipe Tasks can run is also timed in
+its `ImageClassifier` (`classify` on a ready uint8 image, all class scores), as an app runs it:
+`mediapipe_tasks_batch1_ms` beside the Predictor's `batch1_ms` on the same file.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def raw_litert(path: Path, images: np.ndarray):
 
     interpreter = Interpreter(model_path=str(path))
     model_input, = interpreter.get_input_details()
+    if images.shape[-1] == 1 and model_input["shape"][-1] == 3:  # a gray model's file takes RGB: ready-made too
+        images = np.repeat(images, 3, axis=-1)
     output_index = interpreter.get_output_details()[0]["index"]
     interpreter.resize_tensor_input(model_input["index"], list(images.shape))
     interpreter.allocate_tensors()
@@ -68,6 +72,20 @@ def raw_litert(path: Path, images: np.ndarray):
         return interpreter.get_tensor(output_index)
 
     return call
+
+
+def mediapipe_tasks_call(path: Path, image: np.ndarray):
+    """A zero-argument call classifying `image` (H x W x C raw pixels) with MediaPipe Tasks'
+    ImageClassifier over `path`, and the classifier to close; (None, None) if MediaPipe refuses the file."""
+    from kerascnn.errors import ModelLoadError
+    from kerascnn.mediapipe_tasks import MediaPipeClassifier, mediapipe_image
+
+    try:
+        classifier = MediaPipeClassifier(path)
+    except ModelLoadError:
+        return None, None
+    ready = mediapipe_image(image)
+    return (lambda: classifier.classifier.classify(ready)), classifier
 
 
 def measure(path: Path, repeats: int, batch_size: int) -> dict:
@@ -90,6 +108,10 @@ def measure(path: Path, repeats: int, batch_size: int) -> dict:
         result["raw_litert_throughput_img_s"] = batch_size / median_seconds(raw_litert(path, batch), batch_repeats,
                                                                             warmup=2)
         result["predictor_over_raw"] = result["batch1_ms"] / result["raw_litert_batch1_ms"]
+        call, classifier = mediapipe_tasks_call(path, one[0])
+        if call is not None:
+            with classifier:
+                result["mediapipe_tasks_batch1_ms"] = 1e3 * median_seconds(call, repeats, warmup=10)
     return result
 
 
