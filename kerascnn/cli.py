@@ -2,7 +2,9 @@
 gan | style | bench | backbones | datasets | augment-preview | config-reference.
 
 Errors a user can fix are one line on stderr with exit code 2 (1 for a failed export or training);
-`--debug` shows the traceback. TensorFlow's start-up chatter is silenced unless `--debug`.
+`--debug` shows the traceback. TensorFlow's, absl's, the TFLite converter's and tf2onnx's chatter is
+silenced unless `--verbose` (kerascnn.quiet). `--help`, `--version` and argument errors answer
+before TensorFlow is imported.
 Exit codes: 0 done, 1 training or export failed, 2 bad input, 130 interrupted (Ctrl-C; a run in
 progress prints the `kerascnn train --resume` command that continues it).
 """
@@ -11,20 +13,44 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import re
 import sys
 from pathlib import Path
 
-from kerascnn.errors import KerasCNNError
+from kerascnn import __version__, quiet
+from kerascnn.errors import KerasCNNError, PartialExport, suggest
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as our one-line error (exit code 2)."""
+    """argparse that reports bad arguments as our one-line error (exit code 2), suggesting the nearest
+    subcommand or choice."""
 
     def error(self, message):
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'([^']*)'", match.group(2)) or [c.strip() for c in match.group(2).split(",")]
+            message += suggest(match.group(1), choices)
         raise KerasCNNError(f"{message} (see `{self.prog} --help`)")
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [option for action in parser._actions for option in action.option_strings]
+
+
+def unrecognized(parser: argparse.ArgumentParser, command: str | None, extras: list[str]) -> KerasCNNError:
+    """The error for arguments no parser took: the nearest flag of the subcommand, or where a
+    top-level flag (--debug, --verbose) goes."""
+    sub = next((action.choices[command] for action in parser._actions
+                if isinstance(action, argparse._SubParsersAction) and command in action.choices), parser)
+    flag = next((extra.split("=")[0] for extra in extras if extra.startswith("-")), None)
+    prog = sub.prog
+    if flag in _option_strings(parser) and flag not in _option_strings(sub):
+        return KerasCNNError(f"{flag} is an option of kerascnn itself: put it before the command "
+                             f"(kerascnn {flag} {command} ...)")
+    hint = suggest(flag, _option_strings(sub)) if flag else ""
+    return KerasCNNError(f"unrecognized arguments: {' '.join(extras)}{hint} (see `{prog} --help`)")
 
 
 def _add_train(sub) -> None:
@@ -85,25 +111,32 @@ def config_from_args(args):
 
 
 def cmd_train(args) -> int:
-    from kerascnn.runner import run
-
+    config = None
     if args.resume:
         given = [flag for flag in ("config", "preset", *TRAIN_FLAGS) if getattr(args, flag) is not None] + (
-            ["set"] if args.set else [])
+            ["set"] if any(not text.startswith("export.") for text in args.set) else [])
         if given:
-            raise KerasCNNError(f"--resume continues a run with its stored config.toml; drop "
-                                f"{', '.join('--' + flag.replace('_', '-') for flag in given)}")
-        result = run(resume=args.resume, unsafe=args.unsafe)
+            raise KerasCNNError(f"--resume continues a run with its stored config.toml (only --set export.* may "
+                                f"change it); drop {', '.join('--' + flag.replace('_', '-') for flag in given)}")
     elif args.unsafe:
         raise KerasCNNError("--unsafe applies to the checkpoints of a resumed run; use it with --resume RUN_DIR")
     else:
-        result = run(config_from_args(args))
+        config = config_from_args(args)  # a config error answers before TensorFlow is imported
+
+    from kerascnn.runner import run
+
+    if args.resume:
+        result = run(resume=args.resume, unsafe=args.unsafe, export_overrides=args.set)
+    else:
+        result = run(config)
     if not result.chief:
         print("worker finished: the chief writes the run directory and the artifacts")
         return EXIT_OK
-    print_artifacts(result.manifest["artifacts"])
+    print_artifacts(result.manifest["artifacts"], result.manifest.get("dropped_artifacts"))
     print(f"run directory: {result.run_dir}")
     print(f"test accuracy: {result.test_metrics['accuracy']:.4f}")
+    for warning in result.manifest.get("warnings", []):
+        quiet.warn_once(warning)
     if result.report:
         print(f"report: {result.report.html_path}")
     return EXIT_OK
@@ -112,10 +145,12 @@ def cmd_train(args) -> int:
 MEDIAPIPE_ROW = "  in MediaPipe Tasks"
 
 
-def print_artifacts(artifacts: dict) -> None:
-    """The parity table, one line an artifact (and one for MediaPipe Tasks under each .tflite file),
-    then a WARNING line for each check that missed its bar."""
-    width = max([len("artifact"), len(MEDIAPIPE_ROW), *map(len, artifacts)]) + 2
+def print_artifacts(artifacts: dict, dropped: dict | None = None, failed: dict | None = None) -> None:
+    """The parity table, one line an artifact (and one for MediaPipe Tasks under each .tflite file, and
+    one each for the artifacts dropped or failed, with the reason), then a warning for each check that
+    missed its bar (said once, see kerascnn.quiet)."""
+    width = max([len("artifact"), len(MEDIAPIPE_ROW), *map(len, artifacts), *map(len, dropped or {}),
+                 *map(len, failed or {})]) + 2
     print(f"{'artifact':<{width}}{'bytes':>12}{'vs tflite':>10}{'accuracy':>10}{'top-1 agree':>13}{'max |dp|':>11}"
           f"  check")
     for name, entry in artifacts.items():
@@ -131,10 +166,13 @@ def print_artifacts(artifacts: dict) -> None:
             print(f"{MEDIAPIPE_ROW:<{width}}{'-':>12}{'-':>10}{mediapipe['accuracy']:>10.4f}"
                   f"{mediapipe['top1_agreement']:>13.4f}{mediapipe['max_abs_diff']:>11.1e}  "
                   f"{'ok' if mediapipe['passed'] else 'FAILED'}")
+    for label, rows in (("dropped", dropped or {}), ("FAILED", failed or {})):
+        for name, reason in rows.items():
+            print(f"{name:<{width}}{'-':>12}{'-':>10}{'-':>10}{'-':>13}{'-':>11}  {label}: {reason}")
     for entry in artifacts.values():
         for check in (entry["parity"], entry.get("mediapipe_tasks") or {}):
             if "warning" in check:
-                print(f"WARNING: {check['warning']}")
+                quiet.warn_once(check["warning"])
 
 
 # `kerascnn evaluate` flag -> dotted config key.
@@ -611,7 +649,9 @@ def cmd_config_reference(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kerascnn", description="Train, evaluate and export CNN image classifiers.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow logs")
+    parser.add_argument("--version", action="version", version=f"kerascnn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's, absl's and converters' own logs")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     p = sub.add_parser("evaluate", help="test metrics, figures and report of a run's model or another artifact")
@@ -663,15 +703,20 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
-    if not debug:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    debug = False
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            raise unrecognized(parser, args.command, extras)
+        debug = args.debug
+        quiet.configure(args.verbose)
         return COMMANDS[args.command](args)
     except KerasCNNError as exc:
         if debug:
             raise
+        if isinstance(exc, PartialExport):  # what was written, and what was not, before the one-line error
+            print_artifacts(exc.artifacts, exc.dropped, exc.failed)
         print(f"kerascnn: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:  # a RunInterrupted carries the resume command

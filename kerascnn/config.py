@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import types
@@ -23,6 +24,7 @@ import tomli_w
 from kerascnn.errors import ConfigError, suggest
 
 PRESETS_PACKAGE = "kerascnn.presets"
+COLOR_MODES = ("auto", "grayscale", "rgb")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -64,8 +66,11 @@ class DataConfig:
 
     Attributes:
         dataset: a name from `kerascnn datasets` (default `digits`), `tfds:<name>`, or an image-folder path.
-        image_size: (height, width) images are resized to; required for folders of mixed sizes
-            (default: the dataset's own size, or 64x64 for folders).
+        image_size: (height, width) images are resized to (default: the dataset's own size; for
+            folders, the median height and width of the images, each capped at 224, printed at the
+            start and written to the run's config.toml).
+        color_mode: auto | grayscale | rgb: the channels images are decoded to (default auto: grayscale
+            when every image of a folder is, else rgb).
         validation_split: fraction of the training data held out for validation (default 0.2).
         test_split: fraction held out for testing where the source has no test split (default 0.2).
         classes: keep only these class indices, relabelled 0..k-1 in the given order (default: all).
@@ -90,6 +95,7 @@ class DataConfig:
 
     dataset: str = "digits"
     image_size: tuple[int, ...] | None = None
+    color_mode: str = "auto"
     validation_split: float = 0.2
     test_split: float = 0.2
     classes: tuple[int, ...] | None = None
@@ -110,6 +116,8 @@ class DataConfig:
         if self.image_size is not None:
             _check(len(self.image_size) == 2 and all(s > 0 for s in self.image_size),
                    f"data.image_size must be [height, width] with positive sizes, got {list(self.image_size)}")
+        _check(self.color_mode in COLOR_MODES, f"data.color_mode must be one of {', '.join(COLOR_MODES)}, got "
+                                               f"{self.color_mode!r}{suggest(self.color_mode, COLOR_MODES)}")
         _check_fraction("data.validation_split", self.validation_split)
         _check_fraction("data.test_split", self.test_split)
         _check(self.validation_split + self.test_split < 1.0,
@@ -337,7 +345,7 @@ class TrainConfig:
         _check(self.optimizer in OPTIMIZERS,
                f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if isinstance(self.learning_rate, str):
-            _check(self.learning_rate == LR_FIND, f"train.learning_rate must be a positive number or {LR_FIND!r}, "
+            _check(self.learning_rate == LR_FIND, f"train.learning_rate must be a number (> 0) or {LR_FIND!r}, "
                                                   f"got {self.learning_rate!r}{suggest(self.learning_rate, [LR_FIND])}")
         else:
             _check(self.learning_rate > 0, f"train.learning_rate must be positive, got {self.learning_rate}")
@@ -825,7 +833,9 @@ def config_reference() -> str:
         docs = _attribute_docs(cls)
         for field in dataclasses.fields(cls):
             value = getattr(getattr(defaults, section.name), field.name)
-            shown = "(none)" if value is None else tomli_w.dumps({"v": _drop_none(value)})[4:].strip()
+            # One line: tomli_w writes lists over several lines, which would break the table row.
+            shown = "(none)" if value is None else (json.dumps(list(value)) if isinstance(value, (list, tuple)) else
+                                                    tomli_w.dumps({"v": _drop_none(value)})[4:].strip())
             meaning = docs.get(field.name, "").replace("|", "\\|")
             out.append(f"| `{field.name}` | `{shown}` | {meaning} |")
         out.append("")

@@ -39,6 +39,16 @@ class ExportError(KerasCNNError):
     exit_code = 1
 
 
+class PartialExport(ExportError):
+    """Some artifacts failed to export and the others were written: `artifacts` holds the written ones'
+    entries (as `kerascnn.export.export` returns them), `failed` each failed artifact's one-line reason,
+    `dropped` the artifacts the model cannot be stored as (with the reason)."""
+
+    def __init__(self, message: str, artifacts: dict, failed: dict[str, str], dropped: dict[str, str] | None = None):
+        super().__init__(message)
+        self.artifacts, self.failed, self.dropped = artifacts, failed, dropped or {}
+
+
 class TrainingError(KerasCNNError):
     """Training stopped on its own (e.g. a NaN loss); the best checkpoint is kept."""
 

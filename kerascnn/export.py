@@ -12,9 +12,15 @@ Writers use the ecosystem's own exporters: `model.save` (.keras, legacy .h5), Ke
 writer for the standard TFLite Metadata (`kerascnn.tflite_metadata`), and optionally tf2onnx (ONNX).
 Each `.tflite` file is also run by MediaPipe Tasks' `ImageClassifier`, held to the same bars.
 
-Float artifacts must agree with the model on every test image (|delta p| <= 1e-4) or the export
-fails. Quantized TFLite variants must agree on >= 99.5 % with <= 0.5 point accuracy drop; one
-that does not is still written but flagged (`parity.passed: false` with a `warning`) and logged.
+Float artifacts must agree with the model on every test image (|delta p| <= 1e-4) or they fail.
+Quantized TFLite variants must agree on >= 99.5 % with <= 0.5 point accuracy drop; one that does
+not is still written but flagged (`parity.passed: false` with a `warning`) and logged.
+
+A failing artifact does not take the others with it: `model.keras` is written first, each artifact
+is written and judged on its own, the ones that pass are moved into place, and `PartialExport`
+then names the ones that failed. A format the model cannot be stored in (the legacy `.h5` format
+cannot hold the Keras operations inside e.g. MobileNetV3's graph) is dropped beforehand with its
+reason (`unsupported_artifacts`), not attempted.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -40,10 +47,11 @@ from kerascnn import __version__
 from kerascnn.config import ExportConfig
 from kerascnn.data.decode import decode_encoded_image
 from kerascnn.data.imagedata import ImageData
-from kerascnn.errors import ConfigError, DataError, ExportError, ModelLoadError
+from kerascnn.errors import ConfigError, DataError, ExportError, ModelLoadError, PartialExport, first_line
 from kerascnn.evaluation import predict_split
 from kerascnn.models.registry import model_input_shape
 from kerascnn.predict import ARTIFACT_METADATA_FILE, ARTIFACT_METADATA_KEY, Predictor
+from kerascnn.quiet import native_stderr
 from kerascnn.rundir import H5_FILE, KERAS_FILE, LABELS_FILE, SAVED_MODEL_DIR, move_into_place
 from kerascnn.tflite_input import takes_rgb_in_tflite, write_rgb_input_saved_model
 from kerascnn.tflite_metadata import write_metadata
@@ -56,6 +64,7 @@ BYTES_SIGNATURE = "serving_bytes"
 CLASSIFY_SIGNATURE, CLASSIFY_FEATURE = "classify", "image"  # TF Serving's Classify API over tf.Example images
 CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
 FLOAT32_TFLITE = "model.tflite"
+TFLITE_INPUT_NAME = "images_raw_pixels_0_255"
 log = logging.getLogger(__name__)
 
 
@@ -78,13 +87,23 @@ class ExportContext:
 
     @functools.cached_property
     def plain_saved_model(self) -> str:
-        """The SavedModel every TFLite conversion starts from, made once: the model's plain export, or
-        for a gray model its RGB-input wrapper."""
+        """The SavedModel every TFLite conversion starts from, made once: the model traced with
+        `training=False`, or for a gray model its RGB-input wrapper (traced so too).
+
+        Not `model.export()`: it traces the call with `training=None`, which for a from_scratch
+        MobileNetV3 with re-estimated BatchNormalization statistics gave other probabilities than
+        inference mode (max |dp| 0.54, measured).
+        """
         path = str(self.scratch / "plain_saved_model")
         if self.rgb_input:
             write_rgb_input_saved_model(self.model, path)
-        else:
-            self.model.export(path, verbose=False)
+            return path
+        archive = keras.export.ExportArchive()
+        archive.track(self.model)
+        spec = tf.TensorSpec([None, *model_input_shape(self.model)], tf.float32, name="images")
+        archive.add_endpoint("serving_default", tf.function(lambda images: self.model(images, training=False),
+                                                            input_signature=[spec]))
+        archive.write_out(path, verbose=False)
         return path
 
     def tflite_converter(self) -> tf.lite.TFLiteConverter:
@@ -112,11 +131,20 @@ class ExportContext:
 
 
 def write_keras(model: keras.Model, path: Path, context: ExportContext) -> None:
+    """`model.save`, plus `kerascnn.json` (artifact_metadata) in the zip: Keras' loader ignores files it
+    does not know, and `kerascnn.load` reads the class names from it."""
     model.save(path)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(ARTIFACT_METADATA_FILE, artifact_metadata(context, "float32"))
 
 
 def write_h5(model: keras.Model, path: Path, context: ExportContext) -> None:
-    model.save(path)  # the .h5 suffix selects Keras' legacy HDF5 writer
+    """Keras' legacy HDF5 file (chosen by the .h5 suffix), with artifact_metadata as a root attribute."""
+    import h5py
+
+    model.save(path)
+    with h5py.File(path, "a") as file:
+        file.attrs[ARTIFACT_METADATA_KEY] = artifact_metadata(context, "float32")
 
 
 def write_saved_model(model: keras.Model, path: Path, context: ExportContext) -> None:
@@ -199,6 +227,19 @@ def artifact_metadata(context: ExportContext, variant: str) -> str:
     return json.dumps(metadata)
 
 
+def input_description(predictor: Predictor) -> dict:
+    """`{"input": ...}` for a TFLite artifact: its input tensor's name and type and, when quantized, the
+    scale and zero point as the file has them (raw pixel = scale x (q - zero_point)); {} otherwise."""
+    runtime = predictor.runtime
+    if not hasattr(runtime, "input_scale"):
+        return {}
+    details = runtime.interpreter.get_input_details()[0]
+    entry = {"name": details["name"], "dtype": np.dtype(runtime.input_dtype).name, "range": "raw pixels 0..255"}
+    if runtime.input_scale:
+        entry.update(scale=float(runtime.input_scale), zero_point=int(runtime.input_zero_point))
+    return {"input": entry}
+
+
 def embed_metadata(flatbuffer: bytes, context: ExportContext, variant: str) -> bytes:
     """The flatbuffer with `artifact_metadata` in its `metadata` table (LiteRT's flatbuffer_utils);
     read back by `kerascnn.load`."""
@@ -206,6 +247,9 @@ def embed_metadata(flatbuffer: bytes, context: ExportContext, variant: str) -> b
     from ai_edge_litert.tools import flatbuffer_utils
 
     tflite_model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    graph = tflite_model.subgraphs[0]
+    for index in graph.inputs:  # the name says what goes in: raw pixels, not pixels / 255
+        graph.tensors[index].name = TFLITE_INPUT_NAME.encode()
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(artifact_metadata(context, variant).encode("utf-8"), np.uint8)
     tflite_model.buffers.append(buffer)
@@ -223,12 +267,13 @@ def tflite_writer(variant: str, quantize: Callable[[tf.lite.TFLiteConverter, Exp
         converter = context.tflite_converter()
         quantize(converter, context)
         try:
-            flatbuffer = converter.convert()
+            with native_stderr():  # the converter prints "fully_quantize: 0, ..." from C++
+                flatbuffer = converter.convert()
         except Exception as exc:  # the converter raises ConverterError or plain exceptions, e.g. an op without
             # an int8 kernel when only TFLITE_BUILTINS_INT8 is allowed: never fall back to float silently
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ExportError(f"TFLite {variant} conversion failed: {first_line}; drop {variant!r} from "
-                              f"export.tflite; nothing was written") from None
+                              f"export.tflite") from None
         path.write_bytes(context.with_tflite_metadata(embed_metadata(flatbuffer, context, variant)))
 
     return write
@@ -265,6 +310,7 @@ def write_onnx(model: keras.Model, path: Path, context: ExportContext) -> None:
         return {"probabilities": model(images, training=False)}
 
     onnx_model, _ = tf2onnx.convert.from_function(probabilities, input_signature=spec, opset=ONNX_OPSET)
+    onnx_model.doc_string = "input images: raw pixels 0..255 (float32, NHWC); output: class probabilities"
     onnx.helper.set_model_props(onnx_model, {ARTIFACT_METADATA_KEY: artifact_metadata(context, "float32")})
     onnx.save(onnx_model, str(path))
 
@@ -292,14 +338,55 @@ TFLITE_FILES: dict[str, tuple[str, ArtifactSpec]] = {
 
 
 def planned_artifacts(config: ExportConfig) -> dict[str, ArtifactSpec]:
-    """Staged name -> spec for the formats and variants `config` asks for (SavedModel staged as `saved_model`)."""
+    """Staged name -> spec for the formats and variants `config` asks for (SavedModel staged as `saved_model`),
+    `model.keras` first: whatever fails later, the trained model is kept in its native format."""
     planned = {}
-    for fmt in config.formats:
+    for fmt in sorted(config.formats, key=lambda fmt: fmt != "keras"):
         if fmt == "tflite":
             planned.update(TFLITE_FILES[variant] for variant in config.tflite)
         else:
             planned.update(FORMAT_FILES[fmt])
     return planned
+
+
+def _operations(model: keras.Model):
+    """Every operation of a functional model's graph, nested models' included."""
+    for operation in getattr(model, "operations", ()):
+        yield operation
+        if isinstance(operation, keras.Model):
+            yield from _operations(operation)
+
+
+def unsupported_artifacts(model: keras.Model, config: ExportConfig) -> dict[str, str]:
+    """Planned artifact name -> why this model cannot be stored in that format (dropped, not attempted).
+
+    The legacy HDF5 format stores layers only: a graph that applies Keras operations directly
+    (MobileNetV3's hard-swish `x + 3.0`, for example) is written but does not load again ("Only
+    input tensors may be passed as positional arguments").
+    """
+    dropped = {}
+    if "model.h5" in planned_artifacts(config):
+        ops = sorted({type(op).__name__ for op in _operations(model) if not isinstance(op, keras.layers.Layer)})
+        if ops:
+            dropped["model.h5"] = (f"the legacy .h5 format cannot store the Keras operations ({', '.join(ops)}) "
+                                   f"in {model.name}'s graph; model.keras holds the same model")
+    return dropped
+
+
+def redo_command(run_dir: Path, failed: list[str]) -> str:
+    """The `kerascnn export` command that writes only the `failed` artifacts again."""
+    formats = sorted({_format_of(name) for name in failed})
+    command = f"kerascnn export {run_dir} --set 'export.formats={json.dumps(formats)}'"
+    variants = [variant for variant, (file, _) in TFLITE_FILES.items() if file in failed]
+    if variants:
+        command += f" --set 'export.tflite={json.dumps(variants)}'"
+    return command
+
+
+def _format_of(name: str) -> str:
+    if any(name == file for file, _ in TFLITE_FILES.values()):
+        return "tflite"
+    return next(fmt for fmt, files in FORMAT_FILES.items() if name in files)
 
 
 def file_digest(path: Path) -> tuple[int, str]:
@@ -356,8 +443,7 @@ def judge(name: str, check: dict, exact: bool) -> dict:
         passed = check["top1_agreement"] == 1.0 and check["max_abs_diff"] <= FLOAT_TOLERANCE
         if not passed:
             raise ExportError(f"{name} does not predict what the trained model predicts (top-1 agreement "
-                              f"{check['top1_agreement']:.4f}, max |dp| {check['max_abs_diff']:.2e}); "
-                              f"nothing was written")
+                              f"{check['top1_agreement']:.4f}, max |dp| {check['max_abs_diff']:.2e})")
         return {**check, "criterion": "exact", "passed": True}
     passed = (check["top1_agreement"] >= QUANTIZED_MIN_AGREEMENT
               and check["accuracy_drop"] <= QUANTIZED_MAX_ACCURACY_DROP)
@@ -460,6 +546,8 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     config = config or ExportConfig()
     run_dir = Path(run_dir)
     planned = planned_artifacts(config)
+    for name in unsupported_artifacts(model, config):
+        del planned[name]
     _check_inputs(planned, data, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     serving_root = Path(config.serving_root) if config.serving_root else run_dir / SAVED_MODEL_DIR
@@ -471,17 +559,22 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
         reference = predict_split(lambda images: model(images, training=False), data)
         uint8_reference = predict_split(lambda images: model(tf.clip_by_value(tf.round(images), 0, 255), training=False),
                                         data) if any(name.endswith(".tflite") for name in planned) else None
-        checks = {}
+        checks, failed = {}, {}
         for name, spec in planned.items():
             path = staging / name
-            spec.writer(model, path, context)
-            check = judge(name, parity(model, Predictor(path), data, reference=reference, thresholds=thresholds),
-                          spec.exact)
+            try:
+                spec.writer(model, path, context)
+                predictor = Predictor(path)
+                check = judge(name, parity(model, predictor, data, reference=reference, thresholds=thresholds),
+                              spec.exact)
+                consumers = {"mediapipe_tasks": mediapipe_tasks_parity(name, model, path, data, spec.exact,
+                                                                       uint8_reference, thresholds)} \
+                    if name.endswith(".tflite") else {}
+            except Exception as exc:  # writers raise whatever their library raises
+                failed[name] = first_line(exc)
+                continue
             size, sha = file_digest(path)
-            checks[name] = {"bytes": size, "sha256": sha, "parity": check}
-            if name.endswith(".tflite"):
-                checks[name]["mediapipe_tasks"] = mediapipe_tasks_parity(name, model, path, data, spec.exact,
-                                                                          uint8_reference, thresholds)
+            checks[name] = {"bytes": size, "sha256": sha, "parity": check, **input_description(predictor), **consumers}
         move_into_place(staging / LABELS_FILE, run_dir / LABELS_FILE)
         artifacts = {}
         for name, entry in checks.items():
@@ -494,4 +587,9 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _relative_sizes(artifacts, run_dir)
+    if failed:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
+        kept = f"the other {len(artifacts)} artifacts were written" if artifacts else "nothing was written"
+        raise PartialExport(f"export failed for {', '.join(failed)} ({reasons}); {kept}; write them again with "
+                            f"`{redo_command(run_dir, list(failed))}`", artifacts, failed)
     return artifacts

@@ -22,11 +22,12 @@ import numpy as np
 from PIL import Image
 
 from kerascnn.errors import ConfigError, DataError, ModelLoadError, first_line
+from kerascnn.quiet import native_stderr
 from kerascnn.rundir import LABELS_FILE, MANIFEST_FILE
 from kerascnn.safety import load_keras_model
 
-ARTIFACT_METADATA_KEY = "kerascnn"  # metadata entry (JSON) that export embeds in .tflite and .onnx files
-ARTIFACT_METADATA_FILE = "kerascnn.json"  # the same JSON in a SavedModel's assets.extra/
+ARTIFACT_METADATA_KEY = "kerascnn"  # metadata entry (JSON) that export embeds in .tflite, .onnx and .h5 files
+ARTIFACT_METADATA_FILE = "kerascnn.json"  # the same JSON in a SavedModel's assets.extra/ and inside a .keras zip
 
 
 class KerasRuntime:
@@ -38,6 +39,7 @@ class KerasRuntime:
 
         self.model = load_keras_model(path, unsafe, CUSTOM_OBJECTS)
         self.input_shape = registry.model_input_shape(self.model)
+        self.metadata = keras_file_metadata(path)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self.model(images, training=False))
@@ -106,7 +108,8 @@ class TFLiteRuntime:
 
     def _resize(self, batch_size: int) -> None:
         self.interpreter.resize_tensor_input(self.input_index, [batch_size, *self.file_input_shape])
-        self.interpreter.allocate_tensors()
+        with native_stderr():  # the first allocation prints "INFO: Created TensorFlow Lite XNNPACK delegate"
+            self.interpreter.allocate_tensors()
         self.batch_size = batch_size
 
     def _quantize(self, images: np.ndarray) -> np.ndarray:
@@ -176,6 +179,26 @@ def runtime_for(path: Path, unsafe: bool = False):
         return OnnxRuntime(path)
     raise ModelLoadError(f"{str(path)!r} is not a model kerascnn can load; use a .keras, .h5, .tflite or .onnx "
                          f"file or a SavedModel folder")
+
+
+def keras_file_metadata(path: Path) -> dict:
+    """The metadata kerascnn's export puts into a `.keras` zip (a file) or `.h5` file (a root attribute), or {}."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                if ARTIFACT_METADATA_FILE in archive.namelist():
+                    return json.loads(archive.read(ARTIFACT_METADATA_FILE))
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as file:
+                if ARTIFACT_METADATA_KEY in file.attrs:
+                    return json.loads(file.attrs[ARTIFACT_METADATA_KEY])
+    except (OSError, ValueError, zipfile.BadZipFile):  # a file from elsewhere: no metadata, not an error
+        pass
+    return {}
 
 
 def tflite_metadata(path: Path) -> dict:

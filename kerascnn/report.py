@@ -35,13 +35,15 @@ from kerascnn.errors import DataError
 from kerascnn.evaluation import (NotApplicable, diagnostics, embeddings, gradcam, per_example_loss,
                                  positive_class_index, predict_function, predict_split, split_images,
                                  validation_thresholds)
+from kerascnn.models.transfer import BACKBONE_LAYER
 from kerascnn.multilabel import multilabel_metrics
 from kerascnn.rundir import (HISTORY_FILE, HTML_FILE, KERAS_FILE, MARKDOWN_FILE, METRICS_FILE, REPORTS_DIR,
-                             write_bytes_atomically)
+                             read_manifest, write_bytes_atomically)
 
 DEFAULT_ARTIFACT = KERAS_FILE
 TOP_LOSSES = 12
 GRADCAM_IMAGES = 8
+MAX_GRADCAM_IMAGES = 20  # up to this many classes each get one Grad-CAM image
 # File -> (title, what the reader should look for), in report order.
 FIGURES = {
     "confusion_matrix.png": ("Confusion matrix", "Rows are true classes, columns predicted ones; off-diagonal "
@@ -186,7 +188,7 @@ def _image_figures(data: ImageData, model, probabilities: np.ndarray, labels: np
     sample = np.sort(rng.choice(len(labels), size=min(config.tsne_sample, len(labels)), replace=False))
     # Grad-CAM shows the first image of each class, then the second of each, ...: every class appears.
     rank = pd.Series(labels).groupby(labels).cumcount().to_numpy()
-    cam = np.lexsort((labels, rank))[:GRADCAM_IMAGES]
+    cam = np.lexsort((labels, rank))[:max(GRADCAM_IMAGES, min(data.num_classes, MAX_GRADCAM_IMAGES))]
     wanted = np.union1d(top, np.concatenate([sample, cam]) if keras_model is not None else np.array([], int))
     pixels = dict(zip(wanted.tolist(), split_images(data, wanted)))
     figures = {}
@@ -216,6 +218,9 @@ def _image_figures(data: ImageData, model, probabilities: np.ndarray, labels: np
         figures["gradcam.png"] = plots.gradcam_figure(images, heatmaps, labels[cam], predicted[cam], confidence[cam],
                                                       data.class_names, layer)
     except NotApplicable as exc:
+        if any(layer.name == BACKBONE_LAYER and hasattr(layer, "layers") for layer in keras_model.layers):
+            exc = ("a transfer model's feature maps are inside its nested `backbone` model, which Grad-CAM cannot "
+                   "open from the outside; the other figures are unaffected")
         notes.append(f"Grad-CAM skipped: {exc}")
     return figures
 
@@ -269,7 +274,29 @@ def write_report(run_dir: str | Path, data: ImageData, model, config: EvaluateCo
     reference = None
     if folder != run_dir and (run_dir / METRICS_FILE).is_file():
         reference = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
-    return save(build_report(data, model, config, artifact, history, reference, seed), folder)
+    report = build_report(data, model, config, artifact, history, reference, seed)
+    manifest = read_manifest(run_dir)
+    if manifest is not None:  # what was trained, and the run's sanity warnings, shown on the page
+        report.metrics["training"] = {key: manifest.get(key) for key in TRAINING_CONTEXT if key in manifest}
+        report.metrics["warnings"] = manifest.get("warnings", [])
+    return save(report, folder)
+
+
+# Manifest keys the report repeats as its training context.
+TRAINING_CONTEXT = ("model", "transfer", "dataset", "input_shape", "counts", "epochs_run", "train_seconds",
+                    "strategy")
+
+
+def training_sentence(metrics: dict) -> str:
+    """One line: the model, how it was trained, on what and for how long (empty without a manifest)."""
+    t = metrics.get("training")
+    if not t:
+        return ""
+    counts = t.get("counts") or {}
+    model = t.get("model", "?") + (f" ({t['transfer']})" if t.get("transfer") else "")
+    return (f"Trained: {model} on {t.get('dataset')} ({'x'.join(map(str, t.get('input_shape') or []))} images; "
+            f"{counts.get('train', 0)} train / {counts.get('validation', 0)} validation / {counts.get('test', 0)} "
+            f"test), {t.get('epochs_run')} epochs in {t.get('train_seconds', 0):.1f} s.")
 
 
 def check_compatible(predictor, data: ImageData, artifact: str) -> None:
@@ -355,8 +382,12 @@ def _title(metrics: dict) -> str:
 def render_markdown(report: Report) -> str:
     """report.md: the tables in Markdown, figures linked as the PNG files beside it."""
     m = report.metrics
-    lines = [f"# {_title(m)}", "", f"Created {m['created']} in {m['report_seconds']} s.", "",
-             pd.DataFrame(summary_rows(m), columns=["metric", "value"]).to_markdown(index=False), ""]
+    lines = [f"# {_title(m)}", "", f"Created {m['created']} in {m['report_seconds']} s.", ""]
+    if training_sentence(m):
+        lines += [training_sentence(m), ""]
+    if m.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- {warning}" for warning in m["warnings"]] + [""]
+    lines += [pd.DataFrame(summary_rows(m), columns=["metric", "value"]).to_markdown(index=False), ""]
     if m.get("threshold"):
         lines += ["## Decision threshold", "", threshold_sentence(m["threshold"]), "",
                   threshold_table(m["threshold"]).to_markdown(index=False, floatfmt=".4f"), ""]
@@ -379,7 +410,7 @@ th, td { padding: .3em .8em; border-bottom: 1px solid #e4e4e4; text-align: right
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f3f3f3; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
-.caption, .meta { color: #555; } .notes li { color: #8a5a00; }
+.caption, .meta { color: #555; } .notes li { color: #8a5a00; } .warnings li { color: #b00020; }
 """
 
 
@@ -391,8 +422,13 @@ def render_html(report: Report) -> str:
     """report.html: one self-contained page, figures embedded as base64 PNG."""
     m = report.metrics
     parts = [f"<h1>{html.escape(_title(m))}</h1>",
-             f"<p class='meta'>Created {html.escape(m['created'])} in {m['report_seconds']} s.</p>",
-             _html_table(pd.DataFrame(summary_rows(m), columns=["metric", "value"]), index=False)]
+             f"<p class='meta'>Created {html.escape(m['created'])} in {m['report_seconds']} s.</p>"]
+    if training_sentence(m):
+        parts.append(f"<p class='meta'>{html.escape(training_sentence(m))}</p>")
+    if m.get("warnings"):
+        parts += ["<h2>Warnings</h2>", "<ul class='warnings'>"] + [
+            f"<li>{html.escape(warning)}</li>" for warning in m["warnings"]] + ["</ul>"]
+    parts.append(_html_table(pd.DataFrame(summary_rows(m), columns=["metric", "value"]), index=False))
     if m.get("threshold"):
         parts += ["<h2>Decision threshold</h2>", f"<p>{html.escape(threshold_sentence(m['threshold']))}</p>",
                   _html_table(threshold_table(m["threshold"]), index=False)]

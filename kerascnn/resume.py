@@ -30,8 +30,8 @@ from pathlib import Path
 import keras
 
 from kerascnn.errors import ConfigError
-from kerascnn.rundir import (BACKUP_DIR, MANIFEST_FILE, require_run_dir, temporary_path, write_atomically,
-                             write_text_atomically)
+from kerascnn.rundir import (BACKUP_DIR, MANIFEST_FILE, TRAINED_MODEL, read_manifest, require_run_dir,
+                             temporary_path, write_atomically, write_text_atomically)
 
 BACKUP_METADATA = "training_metadata.json"  # the names Keras' BackupAndRestore uses
 BACKUP_WEIGHTS = "latest.weights.h5"
@@ -190,8 +190,10 @@ def checkpoint_weights(model: keras.Model, path: Path) -> list:
 
 
 def check_resumable(run_dir: Path) -> None:
-    """Raise NotARunDirectory/ConfigError unless `run_dir` is a kerascnn run directory whose run has not finished."""
+    """Raise NotARunDirectory/ConfigError unless `run_dir` is a kerascnn run directory whose run has not finished
+    (a run whose export partly failed has not: its trained model waits in checkpoints/ to be exported again)."""
     require_run_dir(run_dir)
-    if (run_dir / MANIFEST_FILE).is_file():
+    manifest = read_manifest(run_dir)
+    if manifest is not None and not (manifest.get("failed_artifacts") and (run_dir / TRAINED_MODEL).is_file()):
         raise ConfigError(f"cannot resume {str(run_dir)!r}: the run already finished ({MANIFEST_FILE} is written); "
                           f"re-export it with `kerascnn export {run_dir}`")

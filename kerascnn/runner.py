@@ -35,22 +35,26 @@ from kerascnn.data.datasets import ImageData, load_data
 from kerascnn.data.duplicates import leaked_test_images
 from kerascnn.data.sampling import counts_per_class
 from kerascnn.distribute import check_float32_output, is_chief, make_strategy, precision, strategy_name
-from kerascnn.errors import ConfigError, ModelLoadError, first_line
-from kerascnn.evaluation import evaluate, positive_class_index, validation_thresholds
-from kerascnn.export import export
+from kerascnn.errors import ConfigError, ModelLoadError, PartialExport, first_line
+from kerascnn.evaluation import (classification_metrics, evaluate, positive_class_index, predict_function,
+                                 predict_split, validation_thresholds)
+from kerascnn.export import export, unsupported_artifacts
 from kerascnn.lr_find import CSV_FILE as LR_FIND_CSV
 from kerascnn.lr_find import PLOT_FILE as LR_FIND_PLOT
 from kerascnn.lr_find import LRFindResult, lr_find, resolve_learning_rate
+from kerascnn.models.batchnorm import reestimate_batch_norm, stale_batch_norm, trained_batch_norms
 from kerascnn.models.heads import sigmoid_head
 from kerascnn.models.registry import build_model, check_builder_options
-from kerascnn.models.transfer import build_from_config, check_backbone_options
+from kerascnn.models.transfer import build_from_config, check_backbone_options, check_transfer
 from kerascnn.predict import load
 from kerascnn.report import Report, check_compatible, write_report
 from kerascnn.resume import RunInterrupted, check_resumable
 from kerascnn.rundir import (CONFIG_FILE, HISTORY_FILE, KERAS_FILE, SKIPPED_FILES_CSV, TRAINED_MODEL, read_manifest,
                              read_run_config, remove_staging, require_run_dir, write_atomically,
                              write_manifest, write_text_atomically)
+from kerascnn.quiet import warn_once
 from kerascnn.safety import load_keras_model
+from kerascnn.sanity import last_value, sanity_warnings
 from kerascnn.training import TrainResult, fine_tune, fine_tune_configs, train
 
 # Disk a run needs, in bytes a model parameter: float32 weights in about 12 copies (artifacts, best
@@ -75,6 +79,12 @@ class RunResult:
     manifest: dict
     report: Report | None = None
     chief: bool = True
+
+    def __repr__(self) -> str:  # the dataclass default prints the model, the data and the whole manifest
+        accuracy = self.test_metrics.get("accuracy")
+        return (f"RunResult(run_dir={str(self.run_dir) if self.run_dir else None!r}, model={self.model.name!r}, "
+                f"data={self.data!r}, test_accuracy={accuracy if accuracy is None else round(accuracy, 4)}, "
+                f"artifacts={len(self.manifest.get('artifacts', {}))}, warnings={len(self.manifest.get('warnings', []))})")
 
 
 def run_name(config: RunConfig) -> str:
@@ -125,6 +135,7 @@ def check_config(config: RunConfig) -> RunConfig:
     TensorFlow, so every run-level operation calls this before reading any data."""
     if config.model.backbone:
         check_backbone_options(config.model.backbone, config.model.options)
+        check_transfer(config.model.backbone, config.model.transfer, config.model.weights)
     else:
         check_builder_options(config.model.name, config.model.options)
     if config.model.transfer == "fine_tune":  # its two phases must both be valid TrainConfigs
@@ -135,8 +146,12 @@ def check_config(config: RunConfig) -> RunConfig:
 
 def run_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics: dict, train_seconds: float,
                  epochs_run: int, artifacts: dict, distribution: dict | None = None, resumed: bool = False,
-                 thresholds: list[float] | None = None, warnings: list[str] = ()) -> dict:
-    """Write the run's manifest.json and return it."""
+                 thresholds: list[float] | None = None, warnings: list[str] = (), dropped: dict | None = None,
+                 failed: dict | None = None) -> dict:
+    """Write the run's manifest.json and return it. `thresholds`: a multi-label run's per-class decision
+    thresholds; `warnings`: the data, sanity and BatchNormalization notes; `dropped`: artifacts the model
+    cannot be stored as, with the reason; `failed`: artifacts whose export failed, with the reason (the
+    run can then be resumed to export them again)."""
     manifest = {
         "kerascnn_version": __version__,
         "tensorflow_version": tf.__version__,
@@ -145,20 +160,23 @@ def run_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run_name": run_dir.name,
         "dataset": config.data.dataset,
-        "model": config.model.name,
+        "model": config.model.backbone or config.model.name,
+        **({"transfer": config.model.transfer or "feature_extraction"} if config.model.backbone else {}),
         "class_names": data.class_names,
         "input_shape": list(data.input_shape),
         "counts": data.counts,
         "counts_per_class": counts_per_class(data),
         "multi_label": data.multi_label,
         **({"thresholds": dict(zip(data.class_names, thresholds))} if thresholds is not None else {}),
-        "warnings": list(warnings),
         "epochs_run": epochs_run,
         "resumed": resumed,
         "train_seconds": round(train_seconds, 3),
         **(distribution or {}),
         "test_metrics": test_metrics,
+        "warnings": list(warnings),
         "artifacts": artifacts,
+        "dropped_artifacts": dropped or {},
+        "failed_artifacts": failed or {},
     }
     if data.folder_scan is not None:
         manifest["scan"] = data.folder_scan.summary()
@@ -167,7 +185,7 @@ def run_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics
 
 
 def run(config: RunConfig | None = None, data: ImageData | None = None, resume: str | Path | None = None,
-        unsafe: bool = False) -> RunResult:
+        unsafe: bool = False, export_overrides: list[str] = ()) -> RunResult:
     """Train, evaluate and export one run described by `config`, then write its report (unless
     `evaluate.report` is false).
 
@@ -177,6 +195,11 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         resume: the directory of a run that was killed or interrupted before it finished: continue it
             with its stored config.toml (then `config` must be None). Default None: a new run.
         unsafe: on resume, allow the run's checkpoints to run code they carry (default False).
+        export_overrides: on resume, `export.key=value` changes to the stored config (e.g. after a failed
+            export, `export.formats=["keras","saved_model"]`); written back to config.toml.
+
+    Raises PartialExport (an ExportError) after writing the manifest when some artifacts failed; the
+    others are kept and `run(resume=run_dir)` exports again without training.
 
     Example:
         result = run(load_config(preset="digits")); print(result.run_dir, result.test_metrics)
@@ -188,7 +211,11 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         check_resumable(run_dir)
         remove_staging(run_dir)  # what a kill left half-written: staging folders of export, temporary files
         config = read_run_config(run_dir)
+        if export_overrides:
+            config = _with_export_overrides(run_dir, config, export_overrides)
     else:
+        if export_overrides:
+            raise ConfigError("export overrides apply to a resumed run; set them in the config of a new run")
         config = config or RunConfig()
     check_config(config)
     # Next: MultiWorkerMirroredStrategy must set up collective ops before TensorFlow runs anything.
@@ -199,7 +226,12 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
     keras.utils.set_random_seed(config.run.seed)
     data = data or load_data(config.data, seed=config.run.seed)
     check_data_options(config, data)
-    warnings = leak_warnings(data)
+    data_warnings = leak_warnings(data)
+    inferred = data.folder_scan is not None and config.data.image_size is None
+    if inferred:  # config.toml records the size the images were resized to
+        config = config.replace("data", image_size=tuple(data.input_shape[:2]))
+    if chief and config.train.verbose:
+        print(describe_data(data, config.data.color_mode, inferred))
     with strategy.scope(), precision(config.train.mixed_precision):
         model = make_model(config, data)
         if config.train.mixed_precision:
@@ -219,6 +251,9 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
             write_atomically(run_dir / LR_FIND_PLOT, lambda path: finder.figure().savefig(path, dpi=100))
         if data.folder_scan is not None:
             write_atomically(run_dir / SKIPPED_FILES_CSV, data.folder_scan.write_skipped)
+            if data.folder_scan.skipped:
+                warn_once(f"{len(data.folder_scan.skipped)} files skipped, listed with the reason in "
+                          f"{(run_dir / SKIPPED_FILES_CSV).resolve()}")
     work_dir = run_dir or Path(tempfile.mkdtemp(prefix="kerascnn-worker-"))
     train_config = config.train if chief else dataclasses.replace(config.train, verbose=0)  # the chief reports
     fit = fit_function(config)
@@ -235,22 +270,33 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
             return RunResult(run_dir=None, model=model, data=data, test_metrics={}, manifest={}, chief=False)
         if config.train.mixed_precision or strategy_name(strategy) != "default":
             model = deployable_copy(model, config, data)
+        notes = refresh_batch_norm(model, data, config, result)
         thresholds = validation_thresholds(model, data, config.evaluate.thresholds, config.evaluate.threshold_target) \
             if data.multi_label else None
-        test_metrics = evaluate(model, data, thresholds=thresholds)
-        artifacts = export(model, run_dir, data, config.export, thresholds)
+        test_metrics, sanity = evaluate_trained(model, data, result.history, bool(notes), thresholds)
+        for warning in notes + sanity:  # said now, before the export; the CLI's closing summary does not repeat them
+            warn_once(warning)
+        warnings = data_warnings + notes + sanity  # the data warnings were logged when the data were read
+        dropped = unsupported_artifacts(model, config.export)
+        try:
+            artifacts, failed = export(model, run_dir, data, config.export, thresholds), {}
+        except PartialExport as exc:
+            artifacts, failed, partial_error = exc.artifacts, exc.failed, exc
         distribution = {"strategy": strategy_name(strategy), "num_replicas_in_sync": result.num_replicas_in_sync,
                         "global_batch_size": result.global_batch_size}
         if finder is not None:
             distribution["learning_rate"] = {"value": config.train.learning_rate, "found_by": finder.summary()}
         manifest = run_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run,
                                 artifacts, distribution, resumed=resume is not None, thresholds=thresholds,
-                                warnings=warnings)
+                                warnings=warnings, dropped=dropped, failed=failed)
     except KeyboardInterrupt:
         raise RunInterrupted(run_dir) from None
     finally:
         if not chief:
             shutil.rmtree(work_dir, ignore_errors=True)
+    if failed:  # the trained model stays in checkpoints/: `--resume` exports again without training
+        raise PartialExport(f"{partial_error}; or run `kerascnn train --resume {run_dir}` with "
+                            f"--set export.formats=... to change what is exported", artifacts, failed, dropped)
     (run_dir / TRAINED_MODEL).unlink(missing_ok=True)  # model.keras holds it now
     report = write_report(run_dir, data, model, config.evaluate, seed=config.run.seed) if config.evaluate.report else None
     return RunResult(run_dir=run_dir, model=model, data=data, test_metrics=test_metrics, manifest=manifest,
@@ -272,6 +318,70 @@ def find_learning_rate(config: RunConfig, **options) -> LRFindResult:
 def fit_function(config: RunConfig):
     """`train`, or fastai-style two-phase `fine_tune` for model.transfer = fine_tune (same arguments)."""
     return partial(fine_tune, unfreeze=config.model.unfreeze) if config.model.transfer == "fine_tune" else train
+
+
+def describe_data(data: ImageData, color_mode: str = "auto", inferred_size: bool = False) -> str:
+    """One line saying what the model will see: counts, classes, the image shape and, for a folder, where
+    its size and channels came from."""
+    height, width, channels = data.input_shape
+    line = (f"data: {data.name}: {data.counts.get('train', 0)} train / {data.counts.get('validation', 0)} validation "
+            f"/ {data.counts.get('test', 0)} test images, {data.num_classes} classes, {height}x{width}x{channels}")
+    scan = data.folder_scan
+    if scan is None:
+        return line
+    size = ("the median image size; set data.image_size to change it" if inferred_size else "data.image_size")
+    if color_mode != "auto":
+        colour = f"data.color_mode = {color_mode}"
+    elif channels == 1:
+        colour = "grayscale: every image is"
+    else:
+        colour = f"rgb: {scan.rgb_files()} of {len(scan.paths)} images are in colour; data.color_mode = grayscale " \
+                 f"changes it"
+    return f"{line} ({size}; {colour})"
+
+
+def refresh_batch_norm(model: keras.Model, data: ImageData, config: RunConfig, result: TrainResult) -> list[str]:
+    """Re-estimate the moving statistics of BatchNormalization layers that training left stale (see
+    kerascnn.models.batchnorm); return the note saying so, or [] when none was needed."""
+    steps = result.epochs_run * -(-data.counts.get("train", 0) // config.train.batch_size)
+    if not stale_batch_norm(model, steps):
+        return []
+    momentum = max(float(layer.momentum) for layer in trained_batch_norms(model))
+    batches = reestimate_batch_norm(model, data.train.batch(config.train.batch_size))
+    note = (f"BatchNormalization moving statistics re-estimated over {batches} training batches: with momentum "
+            f"{momentum:g}, {steps} training steps had left them near their initial values")
+    return [note]
+
+
+def evaluate_trained(model: keras.Model, data: ImageData, history: pd.DataFrame, reestimated: bool = False,
+                     thresholds: list[float] | None = None) -> tuple[dict, list[str]]:
+    """The trained model's test metrics and its sanity warnings (kerascnn.sanity). After a BatchNormalization
+    re-estimation the history's validation accuracy is stale, so the validation split is predicted again.
+    A multi-label model is measured at its `thresholds` (kerascnn.multilabel); the sanity checks, which read
+    single-label accuracies, do not apply to it."""
+    if data.multi_label:
+        return evaluate(model, data, thresholds=thresholds), []
+    probabilities, labels = predict_split(predict_function(model), data, "test")
+    val_accuracy = last_value(history, "val_accuracy")
+    if reestimated and data.counts.get("validation"):
+        val_accuracy = classification_metrics(*predict_split(predict_function(model), data, "validation"))["accuracy"]
+    warnings = sanity_warnings(probabilities, labels, data.class_names, last_value(history, "accuracy"),
+                               val_accuracy)
+    return classification_metrics(probabilities, labels), warnings
+
+
+def _with_export_overrides(run_dir: Path, config: RunConfig, overrides: list[str]) -> RunConfig:
+    """The stored config with `export.*` overrides applied (and written back to config.toml)."""
+    settings = config.to_dict()
+    for text in overrides:
+        path, value = parse_override(text)
+        if path[0] != "export":
+            raise ConfigError(f"--resume accepts --set export.* only (to change what is exported), got "
+                              f"{text!r}; the rest of a run's config is fixed once it has trained")
+        merge(settings, path, value)
+    config = config_from_dict(settings)
+    write_text_atomically(run_dir / CONFIG_FILE, config.to_toml())
+    return config
 
 
 def make_model(config: RunConfig, data: ImageData) -> keras.Model:
@@ -342,12 +452,23 @@ def export_run(run_dir: str | Path, overrides: list[str] = (), serving_root: str
         raise ModelLoadError(f"{str(run_dir)!r} has no {KERAS_FILE} to export from; finish the run first with "
                              f"`kerascnn train --resume {run_dir}`")
     predictor = load(run_dir / KERAS_FILE)
-    artifacts = export(predictor.runtime.model, run_dir, load_data(config.data, seed=config.run.seed), config.export,
-                       predictor.thresholds)  # a multi-label run's thresholds, read from its manifest
+    model = predictor.runtime.model
+    failure = None
+    try:  # a multi-label run's thresholds are read from its manifest by the Predictor
+        artifacts = export(model, run_dir, load_data(config.data, seed=config.run.seed), config.export,
+                           predictor.thresholds)
+    except PartialExport as exc:
+        artifacts, failure = exc.artifacts, exc
     manifest = read_manifest(run_dir)
     if manifest is not None:
         manifest["artifacts"] = {**manifest.get("artifacts", {}), **artifacts}
+        failed = {name: reason for name, reason in manifest.get("failed_artifacts", {}).items() if name not in artifacts}
+        manifest["failed_artifacts"] = {**failed, **(failure.failed if failure else {})}
+        manifest["dropped_artifacts"] = {**manifest.get("dropped_artifacts", {}),
+                                         **unsupported_artifacts(model, config.export)}
         write_manifest(run_dir, manifest)
+    if failure:
+        raise failure
     return artifacts
 
 

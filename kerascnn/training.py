@@ -162,7 +162,7 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
     weights = class_weights(train_labels, config.class_weight, data.class_names) \
         if config.class_weight is not None else None
     num_classes = None if data.multi_label else data.num_classes
-    if config.verbose:
+    if config.verbose and continue_from is None:  # said once, not again for fine_tune's second phase
         print(f"strategy {strategy_name(strategy)}: {strategy.num_replicas_in_sync} replica(s), global batch "
               f"{global_batch} = {config.batch_size} per replica x {strategy.num_replicas_in_sync}")
 
@@ -248,7 +248,13 @@ def fine_tune(model: keras.Model, data: ImageData, config: TrainConfig | None = 
     Example:
         result = fine_tune(model, data, TrainConfig(epochs=6), unfreeze=30)
     """
-    head_config, tune_config = fine_tune_configs(config or TrainConfig())
+    config = config or TrainConfig()
+    head_config, tune_config = fine_tune_configs(config)
+    if config.verbose:  # Keras prints no "Epoch 1/1" header for a one-epoch fit: say where each phase is
+        print(f"fine_tune phase 1: the head, backbone frozen (epochs 1-{head_config.epochs} of {config.epochs})")
     head = train(model, data, head_config, run_dir, **train_options)
-    unfreeze_top(model, DEFAULT_UNFREEZE if unfreeze is None else unfreeze)
+    unfrozen = unfreeze_top(model, DEFAULT_UNFREEZE if unfreeze is None else unfreeze)
+    if config.verbose:
+        print(f"fine_tune phase 2: {unfrozen} top backbone layers unfrozen, learning rate "
+              f"{tune_config.learning_rate:g} (epochs {head_config.epochs + 1}-{config.epochs} of {config.epochs})")
     return train(model, data, tune_config, run_dir, continue_from=head, **train_options)

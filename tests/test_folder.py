@@ -121,3 +121,49 @@ def test_missing_folder_and_single_class_are_one_line_errors(tmp_path):
     write_malformed(tmp_path / "bad", 2)
     with pytest.raises(DataError, match="one class only"):
         scan_folder(tmp_path)
+
+
+# Issue 20: shapes said out loud.
+
+def _write(path, size, mode="L", value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size[::-1], value if mode == "L" else (value, 0, 0)).save(path)
+
+
+def test_image_size_is_the_median_of_the_images_capped(tmp_path):
+    for i, size in enumerate([(10, 10), (12, 14), (30, 20), (12, 16)]):
+        _write(tmp_path / "small" / "ab"[i % 2] / f"{i}.png", size)
+    assert scan_folder(tmp_path / "small").inferred_size() == (12, 15)
+    for i, size in enumerate([(300, 400), (500, 260), (240, 300), (400, 230)]):
+        _write(tmp_path / "big" / "ab"[i % 2] / f"{i}.png", size)
+    assert scan_folder(tmp_path / "big").inferred_size() == (224, 224)
+
+
+def test_color_mode_forces_the_channels_a_few_rgb_files_would_change(tmp_path):
+    for i in range(8):
+        _write(tmp_path / "ab"[i % 2] / f"{i}.png", (8, 8), "L" if i else "RGB")
+    assert load_data(DataConfig(dataset=str(tmp_path))).input_shape == (8, 8, 3)  # auto: one RGB file -> rgb
+    data = load_data(DataConfig(dataset=str(tmp_path), color_mode="grayscale"))
+    assert data.input_shape == (8, 8, 1) and data.folder_scan.rgb_files() == 1
+    image, _ = next(data.train.as_numpy_iterator())
+    assert image.shape == (8, 8, 1)
+
+
+def test_a_run_prints_and_records_the_inferred_shape(tmp_path, capsys):
+    from kerascnn.config import load_config
+    from kerascnn.rundir import read_run_config
+    from kerascnn.runner import run
+
+    for i in range(24):
+        _write(tmp_path / "images" / "ab"[i % 2] / f"{i}.png", (12, 10), value=40 + 150 * (i % 2))
+    config = load_config(values={"data.dataset": str(tmp_path / "images"), "model.name": "mlp",
+                                 "model.options": {"hidden": [8]}, "run.output": str(tmp_path / "runs"),
+                                 "run.name": "r", "train.epochs": 1, "train.tensorboard": False,
+                                 "evaluate.tsne_sample": 0, "export.formats": ["keras"]})
+    result = run(config)
+    out = capsys.readouterr().out
+    assert repr(result).startswith(f"RunResult(run_dir={str(tmp_path / 'runs' / 'r')!r}, model=") and len(repr(result)) < 400
+    assert "Trained: mlp on " in (tmp_path / "runs" / "r" / "report.md").read_text()  # the report's training context
+    assert f"data: {tmp_path / 'images'}: " in out and "2 classes, 12x10x1 (the median image size; set " \
+                                                       "data.image_size to change it; grayscale: every image is)" in out
+    assert read_run_config(tmp_path / "runs" / "r").data.image_size == (12, 10)

@@ -43,6 +43,14 @@ def tiny_data():
 
 
 @pytest.fixture(scope="module")
+def mnv2_weights(tmp_path_factory):
+    """Random MobileNetV2 (alpha 0.35) backbone weights in a file: the `--weights PATH` the frozen strategies need."""
+    path = tmp_path_factory.mktemp("mnv2") / "backbone.weights.h5"
+    build_backbone("mobilenet_v2", (32, 32, 3), "none", **SMALL).save_weights(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
 def cnn_run_model(tmp_path_factory):
     """A kerascnn `cnn` model saved as .keras, as a run writes it: the `--weights PATH` of the cnn backbone."""
     path = tmp_path_factory.mktemp("pretrained") / "model.keras"
@@ -53,11 +61,11 @@ def cnn_run_model(tmp_path_factory):
 def test_backbones_json_lists_the_table(capsys):
     assert cli.main(["backbones", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 41  # every keras.applications network of Keras 3.15 plus kerascnn's cnn
+    assert len(rows) == 42  # every keras.applications network of Keras 3.15, kerascnn's cnn and its autoencoder
     assert len({row["name"] for row in rows}) == len(rows)
     assert {row["name"] for row in rows} >= {"vgg16", "resnet152_v2", "inception_resnet_v2", "xception", "densenet201",
                                              "mobilenet_v3_large", "efficientnet_b7", "efficientnet_v2_l",
-                                             "convnext_xlarge", "nasnet_large", "cnn"}
+                                             "convnext_xlarge", "nasnet_large", "cnn", "autoencoder"}
     assert [row["name"] for row in rows] == list(BACKBONES) == [row["name"] for row in list_backbones()]
     by_name = {row["name"]: row for row in rows}
     assert by_name["inception_v3"]["default_size"] == 299 and by_name["inception_v3"]["min_size"] == 75
@@ -92,12 +100,12 @@ def test_every_backbone_builds_at_its_minimum_size_with_its_cut_points(name):
     keras.backend.clear_session()
 
 
-def test_feature_extraction_adapts_raw_grayscale_and_freezes_the_backbone():
-    model = build_transfer_model("mobilenet_v2", (8, 8, 1), 3, weights="none", **SMALL)
+def test_feature_extraction_adapts_raw_grayscale_and_freezes_the_backbone(mnv2_weights):
+    model = build_transfer_model("mobilenet_v2", (8, 8, 1), 3, weights=mnv2_weights, **SMALL)
     assert model.input_shape == (None, 8, 8, 1)
     assert model.get_layer("gray_to_rgb").output.shape[-1] == 3
     assert model.get_layer("resize").output.shape[1:3] == (32, 32)
-    assert model.get_layer("preprocess").backbone == "mobilenet_v2"
+    assert isinstance(model.get_layer("preprocess"), keras.layers.Rescaling)  # Keras' own layer: x / 127.5 - 1
     body = _backbone_layers(model)
     assert len(body) == 153 and not any(layer.trainable for layer in body)
     assert [w.path for w in model.trainable_weights] == ["probabilities/kernel", "probabilities/bias"]
@@ -107,8 +115,8 @@ def test_feature_extraction_adapts_raw_grayscale_and_freezes_the_backbone():
 
 
 @pytest.mark.parametrize("cut_at, layers", [("block_3_expand_relu", 29), (30, 30)])
-def test_truncate_cuts_the_backbone_by_name_or_index_and_freezes_it(cut_at, layers):
-    model = build_transfer_model("mobilenet_v2", (8, 8, 1), 3, "truncate", "none", cut_at, **SMALL)
+def test_truncate_cuts_the_backbone_by_name_or_index_and_freezes_it(cut_at, layers, mnv2_weights):
+    model = build_transfer_model("mobilenet_v2", (8, 8, 1), 3, "truncate", mnv2_weights, cut_at, **SMALL)
     body = _backbone_layers(model)
     assert len(body) == layers
     if isinstance(cut_at, str):
@@ -124,8 +132,8 @@ def test_from_scratch_trains_every_layer_with_random_weights():
     assert len(model.trainable_weights) == len(model.get_layer("backbone").trainable_weights) + 2 > 100
 
 
-def test_unfreeze_top_keeps_batch_normalization_frozen():
-    model = build_transfer_model("mobilenet_v2", (8, 8, 1), 3, "fine_tune", "none", **SMALL)
+def test_unfreeze_top_keeps_batch_normalization_frozen(mnv2_weights):
+    model = build_transfer_model("mobilenet_v2", (8, 8, 1), 3, "fine_tune", mnv2_weights, **SMALL)
     top = _backbone_layers(model)[-20:]
     batch_norms = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in top)
     assert batch_norms > 0
@@ -141,7 +149,7 @@ def test_weights_file_written_here_loads_with_identical_outputs(tmp_path):
                                  **SMALL)
     images = keras.applications.mobilenet_v2.preprocess_input(_pixels(4, (32, 32, 3)))
     np.testing.assert_array_equal(np.asarray(model.get_layer("backbone")(images)), np.asarray(network(images)))
-    fresh = build_transfer_model("mobilenet_v2", (32, 32, 3), 3, weights="none", **SMALL)
+    fresh = build_transfer_model("mobilenet_v2", (32, 32, 3), 3, "from_scratch", **SMALL)
     assert not np.array_equal(np.asarray(fresh.get_layer("backbone")(images)), np.asarray(network(images)))
 
 
@@ -207,10 +215,10 @@ def test_cli_flags_and_toml_keep_cut_at_as_index_or_name():
         assert config_from_dict(tomllib.loads(config.to_toml())) == config
 
 
-def test_unknown_cut_point_fails_before_anything_is_written(tiny_data, tmp_path):
+def test_unknown_cut_point_fails_before_anything_is_written(tiny_data, tmp_path, mnv2_weights):
     config = load_config(values={"run.output": str(tmp_path / "runs"), "model.backbone": "mobilenet_v2",
                                  "model.transfer": "truncate", "model.cut_at": "block_3_expand_rel",
-                                 "model.weights": "none", "model.options": SMALL})
+                                 "model.weights": mnv2_weights, "model.options": SMALL})
     with pytest.raises(ConfigError, match="did you mean 'block_3_expand_relu'.*cut points: block_3_expand_relu"):
         run(config, tiny_data)
     assert not (tmp_path / "runs").exists()
@@ -248,10 +256,11 @@ def test_every_strategy_exports_with_float_parity(transfer, tiny_data, cnn_run_m
     assert list(pd.read_csv(result.run_dir / "history.csv")["epoch"]) == [0, 1]
 
 
-def test_fine_tune_run_trains_two_phases_in_one_history_and_exports_with_float_parity(tiny_data, tmp_path):
+def test_fine_tune_run_trains_two_phases_in_one_history_and_exports_with_float_parity(tiny_data, tmp_path,
+                                                                                      mnv2_weights):
     """MobileNetV2 on 8x8 grayscale: the adaptation layers, both phases and every artifact, TFLite included."""
     config = load_config(values={"run.output": str(tmp_path), "run.name": "mnv2", "model.backbone": "mobilenet_v2",
-                                 "model.weights": "none", "model.transfer": "fine_tune", "model.unfreeze": 20,
+                                 "model.weights": mnv2_weights, "model.transfer": "fine_tune", "model.unfreeze": 20,
                                  "model.options": SMALL, "train.epochs": 3, "train.learning_rate": 0.01,
                                  "train.batch_size": 16, "train.verbose": 0, "train.tensorboard": False,
                                  "export.tflite": ["float32"]})
@@ -269,3 +278,71 @@ def test_fine_tune_run_trains_two_phases_in_one_history_and_exports_with_float_p
     for name, entry in result.manifest["artifacts"].items():
         assert entry["parity"]["top1_agreement"] == 1.0 and entry["parity"]["max_abs_diff"] <= 1e-4, name
     assert config_from_dict(tomllib.loads((result.run_dir / "config.toml").read_text())) == config
+
+
+# Issue 20: a random backbone is never frozen silently; preprocessing in Keras' own layers; portable files.
+
+@pytest.mark.parametrize("transfer", ["feature_extraction", "truncate", "fine_tune"])
+def test_frozen_strategy_with_random_weights_is_refused_before_data_is_read(transfer, tmp_path, capsys):
+    cut = ["--cut-at", "block_3_expand_relu"] if transfer == "truncate" else []
+    code = cli.main(["train", "--dataset", str(tmp_path / "missing-folder"), "--backbone", "mobilenet_v2",
+                     "--transfer", transfer, "--weights", "none", "--output", str(tmp_path / "runs"), *cut])
+    message = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in message  # the folder does not exist: the check came before the data
+    assert f"model.transfer = {transfer}" in message and "--transfer from_scratch" in message
+    assert "--weights PATH" in message and not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match="stay near chance"):
+        build_transfer_model("mobilenet_v2", (8, 8, 1), 3, transfer, "none", cut_at=cut[1] if cut else None, **SMALL)
+
+
+@pytest.mark.parametrize("name", [name for name, row in BACKBONES.items() if row.preprocess_input is not None])
+def test_preprocessing_layers_compute_the_backbones_preprocess_input(name):
+    from kerascnn.models.transfer import preprocessing_layers
+
+    row = BACKBONES[name]
+    images = _pixels(2, (4, 4, 3))
+    x = images
+    for layer in preprocessing_layers(row.preprocessing, 3):
+        x = layer(x)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(row.preprocess_input(images.copy())), atol=1e-4)
+
+
+def test_transfer_model_file_loads_in_plain_keras_with_its_class_names(tiny_data, tmp_path):
+    """A caffe-mode (BGR) and a tf-mode backbone: .keras and .h5 load in a process that never imports kerascnn,
+    and kerascnn.load reads the class names from inside the files (no labels.txt beside them)."""
+    from kerascnn.export import export
+    from kerascnn.config import ExportConfig
+    from kerascnn.predict import load
+
+    model = build_transfer_model("mobilenet_v2", (8, 8, 1), 3, "from_scratch", **SMALL)
+    export(model, tmp_path, tiny_data, ExportConfig(formats=("keras", "h5")))
+    (tmp_path / "labels.txt").unlink()
+    for file in ("model.keras", "model.h5"):
+        assert load(tmp_path / file).class_names == ["dark", "mid", "light"]
+    script = ("import sys, keras, numpy as np; m = keras.saving.load_model(sys.argv[1]); "
+              "print(m.predict(np.full((1, 8, 8, 1), 128.0), verbose=0).shape); "
+              "assert not any(name.startswith('kerascnn') for name in sys.modules)")
+    for file in ("model.keras", "model.h5"):
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / file)], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": "", "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert done.returncode == 0, done.stderr[-500:]
+        assert done.stdout.strip().splitlines()[-1] == "(1, 3)"
+
+
+def test_weights_of_a_grayscale_run_name_the_channel_difference(cnn_run_model):
+    """cnn_run_model was trained on 8x8x1 images; 3-channel images cannot reuse its first convolution."""
+    with pytest.raises(ModelLoadError, match="trained on 1-channel images but these are 3-channel; set "
+                                             "data.color_mode = grayscale"):
+        build_transfer_model("cnn", (8, 8, 3), 3, weights=str(cnn_run_model), filters=(8, 16))
+
+
+def test_fine_tune_says_its_phases_and_the_strategy_once(tiny_data, cnn_run_model, capsys):
+    from kerascnn.config import TrainConfig
+    from kerascnn.training import fine_tune
+
+    model = build_transfer_model("cnn", (8, 8, 1), 3, "fine_tune", str(cnn_run_model), filters=(8, 16))
+    fine_tune(model, tiny_data, TrainConfig(epochs=2, batch_size=16, verbose=2, tensorboard=False), unfreeze=2)
+    out = capsys.readouterr().out
+    assert out.count("strategy default:") == 1
+    assert "fine_tune phase 1: the head, backbone frozen (epochs 1-1 of 2)" in out
+    assert "fine_tune phase 2: 2 top backbone layers unfrozen, learning rate 0.0001 (epochs 2-2 of 2)" in out

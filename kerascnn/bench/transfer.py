@@ -8,6 +8,9 @@ with random weights, so the table shows where reusing frozen features beats trai
 
 `kerascnn bench backbones` builds every backbone of the table at its minimum input size (at least
 32, random weights) and checks that its named cut points exist: too slow for the test suite, cheap enough here.
+With `--train` it also trains each one (from_scratch, one epoch on a small generated set at that size)
+and exports every default format with parity, reporting seconds, the largest float |delta p|, the
+formats dropped for the backbone (with the reason) and any that failed.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-
-import keras
 
 from kerascnn.bench import register_bench
 from kerascnn.config import TRANSFER_STRATEGIES, DataConfig, TrainConfig
@@ -44,6 +45,8 @@ def _train_config(args, epochs: int) -> TrainConfig:
                 add_arguments=add_transfer_arguments)
 def run_transfer(args) -> dict:
     """Accuracy and training seconds of each strategy on each subset, after pre-training the cnn."""
+    import keras
+
     from kerascnn.data.datasets import load_data
     from kerascnn.evaluation import evaluate
     from kerascnn.models import build_model
@@ -77,16 +80,78 @@ def run_transfer(args) -> dict:
     return results
 
 
-@register_bench("backbones", help="build every backbone at its minimum size and check its cut points",
-                add_arguments=lambda parser: None)
+def add_backbones_arguments(parser) -> None:
+    parser.add_argument("--train", action="store_true",
+                        help="also train each backbone one epoch and export every default format with parity")
+    parser.add_argument("--only", metavar="NAMES", help="comma-separated backbone names (default: all)")
+    parser.add_argument("--images", type=int, default=32, help="generated images for --train (default 32)")
+
+
+def generated_images(n: int, size: int, seed: int = 0):
+    """`n` size x size RGB images in 2 classes (dark and bright, with noise): learnable in one epoch."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = 70 + 110 * labels[:, None, None, None] + rng.normal(0, 30, (n, size, size, 3))
+    return np.clip(images, 0, 255).astype("uint8"), labels
+
+
+def train_and_export(name: str, size: int, images: int, seed: int = 42) -> dict:
+    """Train backbone `name` from scratch for one epoch at `size` and export the default formats."""
+    import keras
+
+    from kerascnn.config import ExportConfig
+    from kerascnn.data.datasets import from_arrays
+    from kerascnn.errors import PartialExport
+    from kerascnn.export import export, unsupported_artifacts
+    from kerascnn.models.transfer import build_transfer_model
+    from kerascnn.training import train
+
+    keras.utils.set_random_seed(seed)
+    x, y = generated_images(images, size)
+    data = from_arrays(x, y, class_names=["dark", "bright"], seed=seed)
+    model = build_transfer_model(name, (size, size, 3), 2, "from_scratch")
+    start = time.perf_counter()
+    train(model, data, TrainConfig(epochs=1, batch_size=8, verbose=0, tensorboard=False), seed=seed)
+    trained = time.perf_counter()
+    config = ExportConfig()
+    result = {"parameters": model.count_params(), "train_seconds": round(trained - start, 1)}
+    dropped = unsupported_artifacts(model, config)
+    with tempfile.TemporaryDirectory() as run_dir:
+        try:
+            artifacts, failed = export(model, run_dir, data, config), {}
+        except PartialExport as exc:
+            artifacts, failed = exc.artifacts, exc.failed
+    exact = [entry["parity"]["max_abs_diff"] for entry in artifacts.values() if entry["parity"]["criterion"] == "exact"]
+    result.update({"export_seconds": round(time.perf_counter() - trained, 1), "artifacts": len(artifacts),
+                   "float_max_abs_diff": float(f"{max(exact):.1e}") if exact else None,
+                   "int8_top1_agreement": artifacts.get("model_int8.tflite", {}).get("parity", {}).get("top1_agreement"),
+                   "dropped": "; ".join(f"{k} ({v})" for k, v in dropped.items()) or "-",
+                   "failed": "; ".join(f"{k} ({v})" for k, v in failed.items()) or "-"})
+    return result
+
+
+@register_bench("backbones", help="build every backbone at its minimum size and check its cut points; with --train, "
+                                  "train and export each", add_arguments=add_backbones_arguments)
 def run_backbones(args) -> dict:
     """Seconds to build each backbone (random weights, minimum input of at least 32) and its layer count; fails on a
-    missing cut point, so the table cannot drift from keras.applications."""
-    from kerascnn.errors import KerasCNNError
+    missing cut point, so the table cannot drift from keras.applications. `--train`: see `train_and_export`."""
+    import keras
+
+    from kerascnn.errors import ConfigError, KerasCNNError, suggest
     from kerascnn.models.transfer import BACKBONES, build_backbone
 
+    names = list(BACKBONES)
+    if getattr(args, "only", None):
+        names = [name.strip() for name in args.only.split(",") if name.strip()]
+        for name in names:
+            if name not in BACKBONES:
+                raise ConfigError(f"--only: unknown backbone {name!r}{suggest(name, BACKBONES)}; run `kerascnn "
+                                  f"backbones` for the {len(BACKBONES)} names")
     results = {}
-    for name, row in BACKBONES.items():
+    for name in names:
+        row = BACKBONES[name]
         start = time.perf_counter()
         size = max(row.min_size, 32)  # the cnn pools (and so has its cut points) only on inputs of 4x4 and up
         network = build_backbone(name, (size, size, row.channels or 1))
@@ -95,5 +160,10 @@ def run_backbones(args) -> dict:
             raise KerasCNNError(f"backbone {name!r} has no layer {', '.join(missing)}: fix its cut points")
         results[f"{name}.layers"] = len(network.layers)
         results[f"{name}.build_seconds"] = round(time.perf_counter() - start, 2)
+        del network
         keras.backend.clear_session()
+        if getattr(args, "train", False):
+            for key, value in train_and_export(name, size, args.images).items():
+                results[f"{name}.{key}"] = value
+            keras.backend.clear_session()
     return results

@@ -40,7 +40,10 @@ from kerascnn.errors import DataError
 from kerascnn.rundir import SKIPPED_FILES_CSV
 
 SYSTEM_FILES = ("thumbs.db", "ehthumbs.db", "desktop.ini", ".ds_store")
-DEFAULT_FOLDER_IMAGE_SIZE = (64, 64)
+# Without data.image_size, a folder's images are resized to the median height and width of its usable
+# images, each side capped here (224: the size most keras.applications weights were trained at).
+MAX_INFERRED_SIDE = 224
+COLOR_MODE_CHANNELS = {"auto": None, "grayscale": 1, "rgb": 3}  # auto: 1 if every image is grayscale, else 3
 STRICT_LISTED = 5  # skipped files named in a strict-mode error; the rest are counted
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ class FolderScan:
         paths, labels: the usable images and their class indices.
         class_names: class index -> class folder name.
         channels: 1 if every usable image is grayscale (with or without alpha), else 3.
+        sizes: (height, width) of each usable image, in the order of `paths`.
         skipped: files that are not used, with the reason.
         empty_classes: class folders dropped because they hold no usable image.
         files_seen: files found under the class folders (and the root).
@@ -73,16 +77,27 @@ class FolderScan:
     labels: np.ndarray
     class_names: list[str]
     channels: int = 3
+    sizes: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     skipped: list[SkippedFile] = dataclasses.field(default_factory=list)
     empty_classes: list[str] = dataclasses.field(default_factory=list)
     files_seen: int = 0
     seconds: float = 0.0
+    file_channels: list[int] = dataclasses.field(default_factory=list)
 
     def summary(self) -> dict:
         """The scan's counts, as the manifest keeps them."""
         return {"files_seen": self.files_seen, "images": len(self.paths), "skipped": len(self.skipped),
                 "skipped_by_reason": dict(Counter(_reason_kind(s.reason) for s in self.skipped)),
                 "empty_classes": self.empty_classes, "seconds": round(self.seconds, 3)}
+
+    def inferred_size(self) -> tuple[int, int]:
+        """The median (height, width) of the usable images, each side capped at MAX_INFERRED_SIDE."""
+        heights, widths = np.asarray(self.sizes).reshape(-1, 2).T
+        return tuple(int(min(MAX_INFERRED_SIDE, round(float(np.median(side))))) for side in (heights, widths))
+
+    def rgb_files(self) -> int:
+        """How many usable images are in colour (what makes `color_mode = auto` choose rgb)."""
+        return sum(c > 2 for c in self.file_channels)
 
     def write_skipped(self, path: Path) -> None:
         """Write `path` (csv: path, reason), one row a skipped file; a header only when none was."""
@@ -119,9 +134,9 @@ def _list_files(root: Path) -> tuple[list[tuple[Path, int]], list[SkippedFile], 
 
 
 def _probe(path: tf.Tensor):
-    """(native channels, first 29 bytes) of one file; raises, as training would, if it does not decode."""
+    """(native shape, first 29 bytes) of one file; raises, as training would, if it does not decode."""
     contents = tf.io.read_file(path)
-    return tf.shape(decode_native(contents))[-1], tf.strings.substr(contents, 0, 29)
+    return tf.shape(decode_native(contents))[-3:], tf.strings.substr(contents, 0, 29)
 
 
 def _is_8bit_bmp(head: bytes) -> bool:
@@ -149,8 +164,8 @@ def _is_palette_bmp(path: str) -> bool:
         return False
 
 
-def _validate(files: list[Path]) -> tuple[dict[int, int], dict[int, str]]:
-    """({index: native channels} of the files that decode, {index: reason} of those that do not)."""
+def _validate(files: list[Path]) -> tuple[dict[int, tuple[int, int, int]], dict[int, str]]:
+    """({index: native (height, width, channels)} of the files that decode, {index: reason} of those that do not)."""
     if not files:
         return {}, {}
     paths = [str(p) for p in files]
@@ -160,12 +175,12 @@ def _validate(files: list[Path]) -> tuple[dict[int, int], dict[int, str]]:
               .batch(1024))
     channels, failures = {}, {}
     for indices, found, heads in probes.as_numpy_iterator():
-        for index, count, head in zip(indices.tolist(), found.tolist(), heads):
+        for index, shape, head in zip(indices.tolist(), found.tolist(), heads):
             if _is_8bit_bmp(head) and _is_palette_bmp(paths[index]):
                 failures[index] = ("unsupported image: 8-bit palette BMP, which TensorFlow's decoder reads "
                                    "without its colours; convert it to PNG")
             else:
-                channels[index] = count
+                channels[index] = tuple(shape)
     for index in set(range(len(paths))) - set(channels) - set(failures):
         failures[index] = _decode_error(paths[index])
     return channels, failures
@@ -196,8 +211,8 @@ def scan_folder(root: Path, strict: bool = False) -> FolderScan:
     if strict and (skipped or empty_classes):
         raise DataError(_strict_message(root, skipped, empty_classes))
     if skipped:
-        log.warning("skipped %d of %d files under %s that are not usable images (listed in %s)", len(skipped),
-                    seen, root, SKIPPED_FILES_CSV)
+        log.warning("skipped %d of %d files under %s that are not usable images (a run lists them in its %s)",
+                    len(skipped), seen, root, SKIPPED_FILES_CSV)
     for name in empty_classes:
         log.warning("class folder %s has no usable images and is skipped", root / name)
     if not usable:
@@ -210,8 +225,10 @@ def scan_folder(root: Path, strict: bool = False) -> FolderScan:
     return FolderScan(root=root, paths=[p for p, _, _ in usable],
                       labels=np.asarray([relabel[label] for _, label, _ in usable], np.int64),
                       class_names=[all_classes[label] for label in present],
-                      channels=1 if all(c <= 2 for _, _, c in usable) else 3, skipped=skipped,
-                      empty_classes=empty_classes, files_seen=seen, seconds=time.perf_counter() - start)
+                      channels=1 if all(shape[2] <= 2 for _, _, shape in usable) else 3,
+                      sizes=[shape[:2] for _, _, shape in usable], file_channels=[shape[2] for _, _, shape in usable],
+                      skipped=skipped, empty_classes=empty_classes, files_seen=seen,
+                      seconds=time.perf_counter() - start)
 
 
 def _strict_message(root: Path, skipped: list[SkippedFile], empty_classes: list[str]) -> str:
@@ -271,10 +288,11 @@ def split_scan(scan: FolderScan, config: DataConfig, seed: int, name: str):
     else:
         fit_idx = fit_idx[cap_examples(strata[train_idx][fit_idx], config.max_train_examples, seed)]
     split_index = {"train": train_idx[fit_idx], "validation": train_idx[val_idx], "test": test_idx}
-    image_size = tuple(config.image_size or DEFAULT_FOLDER_IMAGE_SIZE)
-    splits = {split: file_dataset(paths[idx], labels[idx], scan.channels, image_size)
+    image_size = tuple(config.image_size or scan.inferred_size())
+    channels = COLOR_MODE_CHANNELS[config.color_mode] or scan.channels
+    splits = {split: file_dataset(paths[idx], labels[idx], channels, image_size)
               for split, idx in split_index.items()}
-    return ImageData(name=name, class_names=class_names, input_shape=(*image_size, scan.channels),
+    return ImageData(name=name, class_names=class_names, input_shape=(*image_size, channels),
                      counts={split: len(idx) for split, idx in split_index.items()}, folder_scan=scan,
                      files={split: (paths[idx], labels[idx]) for split, idx in split_index.items()},
                      multi_label=multi_label, **splits)

@@ -47,6 +47,10 @@ class ImageData:
     folder_scan: "FolderScan | None" = None  # kerascnn.data.folder.FolderScan
     multi_label: bool = False
 
+    def __repr__(self) -> str:  # the dataclass default prints every array and file list
+        return (f"ImageData(name={self.name!r}, classes={len(self.class_names)}, input_shape={self.input_shape}, "
+                f"counts={self.counts})")
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)

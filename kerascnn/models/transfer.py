@@ -5,8 +5,9 @@ size, channels, named cut points). `kerascnn backbones` and the model builder re
 
 A transfer model takes raw pixels (0..255, the dataset's own channels) like every kerascnn model:
 inside it, grayscale becomes 3 channels, images are resized up to the backbone's minimum size, and
-the backbone's own `preprocess_input` runs as a registered layer, so artifacts need no client-side
-preprocessing and `.keras` files still load with Keras safe_mode (which refuses Lambda layers).
+the backbone's `preprocess_input` is done by Keras' own layers (`Rescaling`, and a frozen 1x1
+`Conv2D` for the RGB->BGR swap of the "caffe" mode), so artifacts need no client-side preprocessing
+and `.keras` files load in plain Keras, safe_mode included, without importing kerascnn.
 
 Strategies (the course notes' four cases, chosen by dataset size and similarity to the pre-training data):
     feature_extraction  small, similar: backbone frozen, new head (pooling, dropout, softmax).
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 import keras
+import numpy as np
 
 from kerascnn.config import ModelConfig
 from kerascnn.errors import ConfigError, ModelLoadError, first_line, suggest
@@ -61,6 +63,8 @@ class Backbone:
         cut_points: suggested `cut_at` layers for truncation, early to late (ends of the stride 4/8/16 stages).
         imagenet: whether `weights="imagenet"` exists for it.
         pooling: the head's default pooling (avg | max | flatten), as the network's own top does it.
+        preprocessing: `keras.applications.imagenet_utils.preprocess_input`'s mode for this network
+            (caffe | tf | torch), or None where the network rescales raw pixels itself.
     """
 
     constructor: Callable
@@ -71,6 +75,7 @@ class Backbone:
     cut_points: tuple[str, ...]
     imagenet: bool = True
     pooling: str = "avg"
+    preprocessing: str | None = None
 
     def options(self) -> dict:
         """Keyword options a config may pass to the constructor, with their defaults."""
@@ -90,11 +95,24 @@ def cnn_backbone(include_top=False, weights=None, input_shape=None, filters=(16,
     return keras.Model(full.inputs[0], full.get_layer(CNN_FEATURES_LAYER).output, name="cnn_features")
 
 
-def _row(constructor, module, default_size, min_size=32, cut_points=()):
-    return Backbone(constructor, module.preprocess_input, default_size, min_size, 3, tuple(cut_points))
-
-
 _apps = keras.applications
+# The `mode` each module's preprocess_input passes to imagenet_utils.preprocess_input; the modules not
+# listed (mobilenet_v3, efficientnet, efficientnet_v2, convnext) rescale inside the network and their
+# preprocess_input returns its input. A test compares the layers built from these with preprocess_input.
+PREPROCESSING_MODES = {_apps.vgg16: "caffe", _apps.vgg19: "caffe", _apps.resnet: "caffe", _apps.densenet: "torch",
+                       **{module: "tf" for module in (_apps.resnet_v2, _apps.inception_v3, _apps.inception_resnet_v2,
+                                                      _apps.xception, _apps.mobilenet, _apps.mobilenet_v2,
+                                                      _apps.nasnet)}}
+# imagenet_utils' constants: the ImageNet channel means (caffe: BGR, 0..255; torch: RGB, 0..1) and stds.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _row(constructor, module, default_size, min_size=32, cut_points=()):
+    return Backbone(constructor, module.preprocess_input, default_size, min_size, 3, tuple(cut_points),
+                    preprocessing=PREPROCESSING_MODES.get(module))
+
+
 _EFFICIENTNET_CUTS = ("block3a_expand_activation", "block4a_expand_activation", "block6a_expand_activation")
 _RESNET_CUTS = {50: ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out"),
                 101: ("conv2_block3_out", "conv3_block4_out", "conv4_block23_out"),
@@ -183,29 +201,44 @@ def check_backbone_options(backbone: str, options: dict) -> None:
         raise ConfigError(f"model option pooling must be one of {', '.join(POOLING_LAYERS)}, got {pooling!r}")
 
 
-@keras.saving.register_keras_serializable(package="kerascnn")
-class BackbonePreprocessing(keras.layers.Layer):
-    """A backbone's own `keras.applications` `preprocess_input`, as a layer inside the model.
+FROZEN_STRATEGIES = ("feature_extraction", "truncate", "fine_tune")  # keep (some of) the backbone's weights
 
-    A registered layer instead of a Lambda: Keras safe_mode refuses to deserialize Lambda layers.
 
-    Args:
-        backbone: a name from the backbone table, e.g. "mobilenet_v2".
+def check_transfer(backbone: str, transfer: str | None, weights: str | None) -> None:
+    """Refuse a strategy that would freeze a randomly initialised backbone (a model stuck near chance).
+
+    feature_extraction and truncate freeze the whole backbone, fine_tune its BatchNormalization and
+    all but the top layers: with `weights="none"` they would train a head over random features.
+    Called by the runner before any data is read, and by `build_transfer_model`.
     """
+    transfer = transfer or "feature_extraction"
+    if transfer in FROZEN_STRATEGIES and weights == "none":
+        raise ConfigError(f"model.transfer = {transfer} keeps the backbone's weights, but model.weights = none makes "
+                          f"them random: the model would stay near chance; train {backbone!r} from random weights "
+                          f"with --transfer from_scratch, or pass pre-trained weights with --weights PATH "
+                          f"(or imagenet)")
 
-    def __init__(self, backbone: str, **kwargs):
-        super().__init__(**kwargs)
-        self.backbone = backbone
-        self._preprocess_input = get_backbone(backbone).preprocess_input
 
-    def call(self, images):
-        return self._preprocess_input(images)
+def preprocessing_layers(mode: str | None, channels: int) -> list[keras.layers.Layer]:
+    """Keras layers computing `imagenet_utils.preprocess_input(x, mode=mode)` on raw 0..255 pixels.
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "backbone": self.backbone}
+    tf: x / 127.5 - 1. torch: (x / 255 - mean) / std per RGB channel. caffe: RGB -> BGR, then minus
+    the BGR mean; the swap is a frozen 1x1 Conv2D holding a permutation (exact: one product by 1.0,
+    two by 0.0), because Keras has no channel-reversal layer that the legacy .h5 format can store.
+    """
+    if mode == "tf":
+        return [keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")]
+    if mode == "torch":
+        scale = [1 / (255 * std) for std in TORCH_STD]
+        offset = [-mean / std for mean, std in zip(TORCH_MEAN, TORCH_STD)]
+        return [keras.layers.Rescaling(scale, offset=offset, name="preprocess")]
+    if mode == "caffe":
+        swap = keras.layers.Conv2D(channels, 1, name="preprocess", trainable=False)
+        swap.build((None, None, None, channels))
+        swap.set_weights([np.eye(channels, dtype="float32")[::-1].reshape(1, 1, channels, channels),
+                          -np.asarray(CAFFE_MEAN_BGR, "float32")[:channels]])
+        return [swap]
+    return []
 
 
 def keras_cache_dir() -> Path:
@@ -250,7 +283,15 @@ def _load_weights(network: keras.Model, name: str, path: Path) -> None:
                              f"a .weights.h5/.h5 file, imagenet or none")
     try:
         if path.suffix == ".keras":
-            network.set_weights(_saved_backbone(path).get_weights())
+            saved = _saved_backbone(path)
+            had, has = saved.input_shape[-1], network.input_shape[-1]
+            if had != has:
+                mode = {1: "grayscale", 3: "rgb"}.get(had)
+                raise ModelLoadError(f"weights file {str(path)!r} was trained on {had}-channel images but these are "
+                                     f"{has}-channel; " + (f"set data.color_mode = {mode} to decode them as the "
+                                     f"weights expect, or " if mode else "") + "pass weights trained on "
+                                     f"{has}-channel images")
+            network.set_weights(saved.get_weights())
         elif path.suffix in (".h5", ".hdf5"):
             network.load_weights(path)
         else:
@@ -336,6 +377,7 @@ def build_transfer_model(backbone: str, input_shape, num_classes: int, transfer:
     """
     ModelConfig(backbone=backbone, transfer=transfer, weights=weights, cut_at=cut_at, options=options)  # validates
     check_backbone_options(backbone, options)
+    check_transfer(backbone, transfer, weights)
     weights = weights or ("none" if transfer == "from_scratch" else "imagenet")
     backbone_options = dict(options)
     dropout, size, pooling = (backbone_options.pop(key, default) for key, default in HEAD_OPTIONS.items())
@@ -352,8 +394,8 @@ def build_transfer_model(backbone: str, input_shape, num_classes: int, transfer:
         x = keras.layers.Concatenate(name="gray_to_rgb")([x] * seen_shape[-1])
     if input_shape[:2] != seen_shape[:2]:
         x = keras.layers.Resizing(*seen_shape[:2], name="resize")(x)
-    if row.preprocess_input is not None:
-        x = BackbonePreprocessing(backbone, name="preprocess")(x)
+    for layer in preprocessing_layers(row.preprocessing, seen_shape[-1]):
+        x = layer(x)
     # training=False keeps BatchNormalization in inference mode even once layers are unfrozen (fine_tune).
     x = network(x, training=False) if pretrained else network(x)
     x = POOLING_LAYERS[pooling or row.pooling](name="pool")(x)

@@ -1,0 +1,101 @@
+"""Exports that fail keep what worked; formats a model cannot be stored in are dropped with the reason."""
+
+import json
+
+import keras
+import pytest
+
+from kerascnn import cli
+from kerascnn.config import DataConfig, ExportConfig, load_config
+from kerascnn.data.datasets import load_data
+from kerascnn.errors import ConfigError, PartialExport
+from kerascnn.export import FORMAT_FILES, ArtifactSpec, export, unsupported_artifacts
+from kerascnn.models import build_model
+from kerascnn.rundir import TRAINED_MODEL
+from kerascnn.runner import run
+
+FAST = ExportConfig(formats=("keras", "h5", "saved_model", "tflite"), tflite=("float32",))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(DataConfig(dataset="digits", classes=(0, 1, 2)))
+
+
+def _broken_saved_model(monkeypatch):
+    def fail(model, path, context):
+        raise RuntimeError("simulated SavedModel writer failure\nsecond line")
+
+    monkeypatch.setitem(FORMAT_FILES, "saved_model", {"saved_model": ArtifactSpec(fail, True)})
+
+
+def test_h5_is_dropped_with_its_reason_for_a_graph_of_keras_operations(digits, tmp_path):
+    """MobileNetV3's hard-swish applies `x + 3.0` directly: legacy .h5 writes it but cannot load it again."""
+    inputs = keras.Input(digits.input_shape)
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.ReLU(6.0)(keras.layers.Dense(8)(x) + 3.0)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x), name="hard_swish_net")
+    reason = unsupported_artifacts(model, FAST)["model.h5"]
+    assert "cannot store the Keras operations (Add) in hard_swish_net's graph" in reason
+    artifacts = export(model, tmp_path, digits, FAST)
+    assert list(artifacts) == ["model.keras", "saved_model/1", "model.tflite"]
+    assert not (tmp_path / "model.h5").exists()
+    assert unsupported_artifacts(build_model("mlp", digits.input_shape, 3, hidden=[8]), FAST) == {}
+
+
+def test_a_failing_format_keeps_the_others_and_says_how_to_redo_it(digits, tmp_path, monkeypatch):
+    _broken_saved_model(monkeypatch)
+    model = build_model("mlp", digits.input_shape, digits.num_classes, hidden=[16])
+    with pytest.raises(PartialExport) as error:
+        export(model, tmp_path, digits, ExportConfig(formats=("tflite", "saved_model", "keras"), tflite=("float32",)))
+    assert error.value.exit_code == 1
+    assert error.value.failed == {"saved_model": "simulated SavedModel writer failure"}
+    assert list(error.value.artifacts) == ["model.keras", "model.tflite"]  # model.keras first
+    assert (tmp_path / "model.keras").is_file() and (tmp_path / "model.tflite").is_file()
+    message = str(error.value)
+    assert "\n" not in message and "export failed for saved_model" in message
+    assert f"`kerascnn export {tmp_path} --set 'export.formats=[\"saved_model\"]'`" in message
+
+
+def test_a_run_with_a_failed_export_records_it_and_resumes_straight_to_export(tmp_path, monkeypatch, capsys):
+    config = load_config(values={"run.output": str(tmp_path), "run.name": "r", "model.name": "mlp",
+                                 "model.options": {"hidden": [16]}, "data.classes": [0, 1, 2], "train.epochs": 1,
+                                 "train.verbose": 0, "train.tensorboard": False, "evaluate.report": False,
+                                 "export.formats": ["keras", "saved_model"]})
+    _broken_saved_model(monkeypatch)
+    assert cli.main(["train", "--config", _write(tmp_path / "c.toml", config)]) == 1
+    out, err = capsys.readouterr()
+    run_dir = tmp_path / "r"
+    assert "saved_model" in out and "FAILED: simulated SavedModel writer failure" in out  # the table names it
+    assert err.startswith("kerascnn: error: export failed for saved_model") and err.count("\n") == 1
+    assert f"kerascnn train --resume {run_dir}" in err
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["failed_artifacts"] == {"saved_model": "simulated SavedModel writer failure"}
+    assert list(manifest["artifacts"]) == ["model.keras"] and (run_dir / TRAINED_MODEL).is_file()
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="accepts --set export.\* only"):
+        run(resume=run_dir, export_overrides=["train.epochs=3"])
+    result = run(resume=run_dir, export_overrides=['export.formats=["keras", "tflite"]', 'export.tflite=["float32"]'])
+    assert set(result.manifest["artifacts"]) == {"model.keras", "model.tflite"}
+    assert result.manifest["failed_artifacts"] == {} and result.manifest["epochs_run"] == 1
+    assert not (run_dir / TRAINED_MODEL).exists()
+    assert 'formats = [\n    "keras",\n    "tflite",\n]' in (run_dir / "config.toml").read_text()
+
+
+def _write(path, config):
+    path.write_text(config.to_toml(), encoding="utf-8")
+    return str(path)
+
+
+def test_tflite_inputs_say_raw_pixels_and_the_manifest_states_the_int8_scale_as_the_file_has_it(digits, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = build_model("mlp", digits.input_shape, digits.num_classes, hidden=[16])
+    artifacts = export(model, tmp_path, digits, ExportConfig(formats=("tflite",), tflite=("float32", "int8")))
+    assert artifacts["model.tflite"]["input"] == {"name": "images_raw_pixels_0_255", "dtype": "float32",
+                                                  "range": "raw pixels 0..255"}
+    details = Interpreter(model_path=str(tmp_path / "model_int8.tflite")).get_input_details()[0]
+    described = artifacts["model_int8.tflite"]["input"]
+    assert described["name"] == details["name"] == "images_raw_pixels_0_255" and described["dtype"] == "uint8"
+    assert (described["scale"], described["zero_point"]) == (float(details["quantization"][0]),
+                                                             details["quantization"][1])
