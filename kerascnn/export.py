@@ -130,21 +130,23 @@ class ExportContext:
                               license=config.license or "", gray_inside=self.rgb_input)
 
 
-def write_keras(model: keras.Model, path: Path, context: ExportContext) -> None:
+def write_keras(model: keras.Model, path: Path, context: ExportContext | None) -> None:
     """`model.save`, plus `kerascnn.json` (artifact_metadata) in the zip: Keras' loader ignores files it
     does not know, and `kerascnn.load` reads the class names from it."""
     model.save(path)
-    with zipfile.ZipFile(path, "a") as archive:
-        archive.writestr(ARTIFACT_METADATA_FILE, artifact_metadata(context, "float32"))
+    if context is not None:  # a classifier's export; pixel-output models (kerascnn.tensor_export) name no classes
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr(ARTIFACT_METADATA_FILE, artifact_metadata(context, "float32"))
 
 
-def write_h5(model: keras.Model, path: Path, context: ExportContext) -> None:
+def write_h5(model: keras.Model, path: Path, context: ExportContext | None) -> None:
     """Keras' legacy HDF5 file (chosen by the .h5 suffix), with artifact_metadata as a root attribute."""
     import h5py
 
     model.save(path)
-    with h5py.File(path, "a") as file:
-        file.attrs[ARTIFACT_METADATA_KEY] = artifact_metadata(context, "float32")
+    if context is not None:  # as in write_keras
+        with h5py.File(path, "a") as file:
+            file.attrs[ARTIFACT_METADATA_KEY] = artifact_metadata(context, "float32")
 
 
 def write_saved_model(model: keras.Model, path: Path, context: ExportContext) -> None:

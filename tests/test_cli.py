@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -105,8 +106,8 @@ def broken_keras_writer(monkeypatch):
     monkeypatch.setitem(export.FORMAT_FILES, "keras", {"model.keras": export.ArtifactSpec(write_wrong_keras, True)})
 
 
-def test_export_failing_its_parity_check_exits_1_and_leaves_the_run_as_it_was(default_run, tmp_path, capsys,
-                                                                              broken_keras_writer):
+def test_export_failing_its_parity_check_exits_1_and_keeps_what_worked(default_run, tmp_path, capsys,
+                                                                       broken_keras_writer):
     import shutil
 
     run_dir = tmp_path / "run"
@@ -114,18 +115,25 @@ def test_export_failing_its_parity_check_exits_1_and_leaves_the_run_as_it_was(de
     before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert main(["export", str(run_dir), "--set", "export.formats=['keras', 'tflite']"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("kerascnn: error: model.keras does not predict what the trained model predicts")
+    assert err.startswith("kerascnn: error: export failed for model.keras (model.keras: model.keras does not predict "
+                          "what the trained model predicts")
+    assert f"kerascnn export {run_dir} --set 'export.formats=[\"keras\"]'" in err  # the exact command to redo it
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after[Path("model.keras")] == before[Path("model.keras")]  # the failed artifact never replaces the old one
+    manifest = json.loads(after[Path("manifest.json")])
+    assert list(manifest["failed_artifacts"]) == ["model.keras"]
+    assert manifest["artifacts"]["model.tflite"]["parity"]["passed"]  # the artifact that worked is written
 
 
-def test_train_whose_export_fails_exits_1_and_writes_no_manifest(tmp_path, capsys, broken_keras_writer):
+def test_train_whose_export_fails_exits_1_and_records_the_failure(tmp_path, capsys, broken_keras_writer):
     code = main(["train", "--epochs", "1", "--model", "mlp", "--output", str(tmp_path), "--name", "r", "--no-report",
                  "--set", "train.verbose=0", "--set", "train.tensorboard=false", "--set", "export.formats=['keras']"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "does not predict what the trained model predicts" in err
     run_dir = tmp_path / "r"
-    assert not (run_dir / "manifest.json").exists() and not (run_dir / "model.keras").exists()
+    assert not (run_dir / "model.keras").exists()
+    assert list(json.loads((run_dir / "manifest.json").read_text())["failed_artifacts"]) == ["model.keras"]
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no staging folder left
     assert (run_dir / "checkpoints" / "trained.keras").is_file()  # `kerascnn train --resume` can export again
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from kerascnn.cli import MEDIAPIPE_ROW, main, print_artifacts
 from kerascnn.config import ExportConfig, load_config
-from kerascnn.errors import ConfigError, DataError, ExportError
+from kerascnn.errors import ConfigError, DataError, ExportError, PartialExport
 from kerascnn.export import TFLITE_FILES, ArtifactSpec, ExportContext, _dynamic_range, export, file_digest, \
     tflite_writer
 from kerascnn.predict import load, to_pixels
@@ -145,15 +145,20 @@ def test_export_into_a_serving_root_adds_versions_and_keeps_old_ones(digits_run,
     assert str(root / "2") in capsys.readouterr().out
 
 
-def test_a_float_artifact_that_disagrees_fails_the_export_and_writes_nothing(digits_run, monkeypatch):
+def test_a_float_artifact_that_disagrees_fails_alone_and_is_not_written(digits_run, monkeypatch):
     before = snapshot(digits_run.run_dir)
     # model.tflite written with dynamic-range quantization can no longer match the model exactly
     monkeypatch.setitem(TFLITE_FILES, "float32",
                         ("model.tflite", ArtifactSpec(tflite_writer("float32", _dynamic_range), True)))
-    with pytest.raises(ExportError, match="model.tflite does not predict what the trained model predicts"):
+    with pytest.raises(PartialExport, match="model.tflite does not predict what the trained model predicts") as error:
         export(digits_run.model, digits_run.run_dir, digits_run.data,
                ExportConfig(formats=("keras", "saved_model", "tflite"), tflite=("float32",)))
-    assert snapshot(digits_run.run_dir) == before
+    assert list(error.value.failed) == ["model.tflite"] and "kerascnn export" in str(error.value)
+    after = snapshot(digits_run.run_dir)
+    assert after["model.tflite"] == before["model.tflite"]  # the failed artifact never replaces the old file
+    kept = set(error.value.artifacts)  # what worked is kept, with parity
+    assert "model.keras" in kept and any(name.startswith("saved_model/") for name in kept)
+    assert all(entry["parity"]["passed"] for entry in error.value.artifacts.values())
     assert not list(digits_run.run_dir.glob(".*"))
 
 
@@ -170,9 +175,11 @@ def test_an_int8_model_that_misses_its_bar_is_flagged_loudly(digits_run, tmp_pat
     parity = artifacts["model_int8.tflite"]["parity"]
     assert parity["passed"] is False and "model_int8.tflite agrees with the trained model on" in parity["warning"]
     assert parity["warning"] in caplog.text
-    print_artifacts(artifacts)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kerascnn"):
+        print_artifacts(artifacts)
     out = capsys.readouterr().out
-    assert "FAILED" in out and f"WARNING: {parity['warning']}" in out
+    assert "FAILED" in out and parity["warning"] in caplog.text  # the table flags it, the warning is said
     assert (tmp_path / "model_int8.tflite").is_file()  # written, but flagged
 
 

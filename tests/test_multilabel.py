@@ -42,7 +42,7 @@ def test_metrics_at_thresholds():
 
 def test_sigmoid_head_for_builders_and_transfer_models():
     for model in (build_model("cnn", (8, 8, 1), 3, filters=(4,), dense=8),
-                  build_transfer_model("mobilenet_v2", (32, 32, 3), 3, weights="none", alpha=0.35)):
+                  build_transfer_model("mobilenet_v2", (32, 32, 3), 3, "from_scratch", alpha=0.35)):
         sigmoid_head(model)
         assert is_multi_label(model)
         out = np.asarray(model(np.random.default_rng(0).uniform(0, 255, (2, *model.input_shape[1:])), training=False))

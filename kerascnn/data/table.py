@@ -112,9 +112,9 @@ def scan_table(frame: pd.DataFrame, image_root: str | Path, config: DataConfig |
         else:
             seen[str(path)] = len(rows)
             rows.append((str(path), tags, where))
-    channels, failures = _validate([Path(p) for p, _, _ in rows])
+    shapes, failures = _validate([Path(p) for p, _, _ in rows])  # native (height, width, channels) per usable file
     skipped += [SkippedFile(rows[i][0], f"{reason} ({rows[i][2]})") for i, reason in sorted(failures.items())]
-    usable = [(row, channels[i]) for i, row in enumerate(rows) if i in channels]
+    usable = [(row, shapes[i]) for i, row in enumerate(rows) if i in shapes]
     if config.strict and skipped:
         problems = [f"{s.path} ({s.reason})" for s in skipped[:STRICT_LISTED]]
         if len(skipped) > STRICT_LISTED:
@@ -138,8 +138,9 @@ def scan_table(frame: pd.DataFrame, image_root: str | Path, config: DataConfig |
     else:
         labels = np.asarray([index[tags[0]] for (_, tags, _), _ in usable], np.int64)
     return FolderScan(root=root, paths=[p for (p, _, _), _ in usable], labels=labels, class_names=class_names,
-                      channels=1 if all(c <= 2 for _, c in usable) else 3, skipped=skipped, files_seen=len(frame),
-                      seconds=time.perf_counter() - start)
+                      channels=1 if all(shape[2] <= 2 for _, shape in usable) else 3,
+                      sizes=[shape[:2] for _, shape in usable], file_channels=[shape[2] for _, shape in usable],
+                      skipped=skipped, files_seen=len(frame), seconds=time.perf_counter() - start)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
