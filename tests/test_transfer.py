@@ -73,25 +73,11 @@ def test_backbones_json_lists_the_table(capsys):
     assert "block_6_expand_relu" in by_name["mobilenet_v2"]["cut_points"]
 
 
-def _first_of_each_module() -> set[str]:
-    """The first (smallest) backbone of each keras.applications module, and the cnn."""
-    first = {}
-    for name, row in BACKBONES.items():
-        first.setdefault(getattr(row.constructor, "__module__", name), name)
-    return set(first.values())
-
-
-# Building all 41 takes about 65 CPU seconds (2026-12-01, 2-core shared machine), mostly the deep variants;
-# the suite builds the first backbone of each keras.applications module (about 15 s) and the rest with
-# KERASCNN_ALL_BACKBONES=1 (or `kerascnn bench backbones`).
-BUILT_BY_DEFAULT = _first_of_each_module()
-
-
+# Building every backbone takes about 65 CPU seconds (2026-12-01, 2-core machine), mostly the deep variants:
+# the price of checking every cut point of the table, not only those a bench happens to run.
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_every_backbone_builds_at_its_minimum_size_with_its_cut_points(name):
     """Random weights, built in a StatelessScope so that no weight is allocated: only the layer graph is made."""
-    if name not in BUILT_BY_DEFAULT and os.environ.get("KERASCNN_ALL_BACKBONES") != "1":
-        pytest.skip("a deeper variant of a module already built; KERASCNN_ALL_BACKBONES=1 builds it")
     row = BACKBONES[name]
     with keras.StatelessScope():
         network = build_backbone(name, (max(row.min_size, 8),) * 2 + (row.channels or 1,))
