@@ -125,7 +125,7 @@ def test_budget_stops_the_running_trial_and_starts_no_other(tmp_path):
     from kerascnn.tune import tune
 
     config = load_config(write_config(tmp_path, '[tune.space]\n"train.learning_rate" = { uniform = [0.01, 0.1] }\n'),
-                         values={"train.epochs": 200, "train.early_stopping_patience": 0,  # only the budget stops it
+                         values={"train.epochs": 100000, "train.early_stopping_patience": 0,  # only the budget stops it
                                  "tune.budget": "20s", "tune.final": False, "tune.trial_process": True,
                                  "run.output": str(tmp_path), "run.name": "budget"})
     start = time.perf_counter()
