@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kerascnn.errors import ModelLoadError, first_line
+from kerascnn.quiet import native_stderr
 
 
 def mediapipe_image(pixels: np.ndarray):
@@ -47,7 +48,8 @@ class MediaPipeClassifier:
         options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(self.path)),
                                                 max_results=-1)  # all classes, not the top few
         try:
-            self.classifier = vision.ImageClassifier.create_from_options(options)
+            with native_stderr():  # creating the task prints "INFO: Created TensorFlow Lite XNNPACK delegate"
+                self.classifier = vision.ImageClassifier.create_from_options(options)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"MediaPipe Tasks cannot run {self.path.name}: {first_line(exc)}") from None
         self.class_names: list[str] | None = None

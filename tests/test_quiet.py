@@ -44,6 +44,18 @@ def test_help_is_fast_and_quiet():
     assert done.returncode == 0 and done.stderr == "" and "--verbose" in done.stdout
 
 
+def test_a_train_run_with_every_tflite_consumer_prints_no_native_noise(tmp_path):
+    """TensorFlow, the TFLite converter, LiteRT and MediaPipe Tasks each print C++ lines; none may reach the user."""
+    done = subprocess.run([sys.executable, "-m", "kerascnn", "train", "--epochs", "1", "--output", str(tmp_path),
+                           "--name", "quiet", "--no-report", "--set", "train.verbose=0",
+                           "--set", 'export.formats=["keras","tflite"]', "--set", 'export.tflite=["float32"]'],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = (done.stdout + done.stderr).splitlines()
+    assert any("in MediaPipe Tasks" in line for line in lines)  # MediaPipe Tasks did run the file
+    assert [line for line in lines if quiet.is_noise(line)] == []
+
+
 @pytest.mark.parametrize("argv, hint", [
     (["trian"], "(did you mean 'train'?)"),
     (["bench", "backbone"], "(did you mean 'backbones'?)"),
