@@ -39,7 +39,7 @@ def test_denoising_autoencoder_raises_psnr_over_the_noisy_input(denoising_run):
 
 
 def test_every_artifact_takes_pixels_and_returns_the_models_pixels(denoising_run):
-    from ai_edge_litert.interpreter import Interpreter
+    from kerascnn.bench.predict import raw_litert
 
     images = np.random.default_rng(0).uniform(0, 255, (5, 16, 16, 1)).astype(np.float32)
     model = keras.saving.load_model(denoising_run / "model.keras", safe_mode=True)
@@ -48,12 +48,7 @@ def test_every_artifact_takes_pixels_and_returns_the_models_pixels(denoising_run
     h5 = keras.saving.load_model(denoising_run / "model.h5", compile=False, safe_mode=True)
     signature = tf.saved_model.load(str(denoising_run / "saved_model" / "1")).signatures["serving_default"]
     served = signature(images=tf.constant(images))["pixels"].numpy()
-    interpreter = Interpreter(model_path=str(denoising_run / "model.tflite"))
-    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], images.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
-    interpreter.invoke()
-    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    lite = raw_litert(denoising_run / "model.tflite", images)()  # the bare LiteRT interpreter
     for got in (np.asarray(h5(images)), served, lite):
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() <= PIXEL_TOLERANCE

@@ -79,7 +79,7 @@ def test_a_killed_gan_run_resumes_and_exports_its_generator(tmp_path):
     assert 0.0 <= metrics["class_entropy"] <= math.log(10) + 1e-9
     assert "not the ImageNet-Inception FID" in manifest["quality"]["measure"]
 
-    from ai_edge_litert.interpreter import Interpreter
+    from kerascnn.bench.predict import raw_litert
 
     latent = np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)
     generator = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
@@ -87,12 +87,7 @@ def test_a_killed_gan_run_resumes_and_exports_its_generator(tmp_path):
     assert expected.shape == (4, 16, 16, 1) and 0.0 <= expected.min() and expected.max() <= 255.0
     signature = tf.saved_model.load(str(run_dir / "saved_model" / "1")).signatures["serving_default"]
     served = signature(latent=tf.constant(latent))["images"].numpy()
-    interpreter = Interpreter(model_path=str(run_dir / "model.tflite"))
-    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], latent.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], latent)
-    interpreter.invoke()
-    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    lite = raw_litert(run_dir / "model.tflite", latent)()  # the bare LiteRT interpreter
     h5 = keras.saving.load_model(run_dir / "model.h5", compile=False, safe_mode=True)
     for got in (served, lite, np.asarray(h5(latent))):
         assert got.shape == expected.shape and np.abs(got - expected).max() <= PIXEL_TOLERANCE
