@@ -1,5 +1,6 @@
 """A quiet CLI: answers before TensorFlow is imported, native noise filtered, each warning once, did-you-mean."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -42,6 +43,23 @@ def test_help_is_fast_and_quiet():
     done = subprocess.run([sys.executable, "-m", "kerascnn", "--help"], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert done.returncode == 0 and done.stderr == "" and "--verbose" in done.stdout
+
+
+def _subparsers(parser):
+    """Every parser reachable from `parser` through subcommands (bench's benches included)."""
+    yield parser
+    for action in parser._actions:  # argparse has no public walk over subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _subparsers(child)
+
+
+def test_every_command_has_help_that_formats():
+    """A stray % in a help string makes `kerascnn CMD --help` a traceback instead of its usage."""
+    parsers = list(_subparsers(cli.build_parser()))
+    assert len(parsers) > 20
+    for parser in parsers:
+        assert parser.format_help().startswith("usage: kerascnn")
 
 
 def test_a_train_run_with_every_tflite_consumer_prints_no_native_noise(tmp_path):

@@ -50,7 +50,7 @@ def noisy_digits(folder: Path, flip: float, seed: int) -> tuple[Path, set[str]]:
     return folder / "labels.csv", {str(folder / f"{i}.png") for i in flipped}
 
 
-@register_bench("audit", help="label-issue recall/precision on digits with 5 % planted flips; audit time",
+@register_bench("audit", help="label-issue recall/precision on digits with 5 %% planted flips; audit time",
                 add_arguments=add_arguments)
 def run(args) -> dict:
     with tempfile.TemporaryDirectory() as scratch:

@@ -40,7 +40,7 @@ def imbalanced_digits(rare: list[int], fraction: float, seed: int):
                        name="digits-imbalanced")
 
 
-@register_bench("imbalance", help="class_weight balanced vs none on digits with three classes cut to 5 %",
+@register_bench("imbalance", help="class_weight balanced vs none on digits with three classes cut to 5 %%",
                 add_arguments=add_arguments)
 def run(args) -> dict:
     import keras
