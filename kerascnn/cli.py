@@ -123,6 +123,7 @@ def cmd_train(args) -> int:
     else:
         config = config_from_args(args)  # a config error answers before TensorFlow is imported
 
+    from kerascnn.flops import describe as describe_training
     from kerascnn.runner import run
 
     if args.resume:
@@ -135,6 +136,8 @@ def cmd_train(args) -> int:
     print_artifacts(result.manifest["artifacts"], result.manifest.get("dropped_artifacts"))
     print(f"run directory: {result.run_dir}")
     print(f"test accuracy: {result.test_metrics['accuracy']:.4f}")
+    if "train_flops" in result.manifest:
+        print(describe_training(result.manifest))
     for warning in result.manifest.get("warnings", []):
         quiet.warn_once(warning)
     if result.report:

@@ -39,6 +39,7 @@ from kerascnn.errors import ConfigError, ModelLoadError, PartialExport, first_li
 from kerascnn.evaluation import (classification_metrics, evaluate, positive_class_index, predict_function,
                                  predict_split, validation_thresholds)
 from kerascnn.export import export, unsupported_artifacts
+from kerascnn.flops import machine_gflops_once, training_record
 from kerascnn.lr_find import CSV_FILE as LR_FIND_CSV
 from kerascnn.lr_find import PLOT_FILE as LR_FIND_PLOT
 from kerascnn.lr_find import LRFindResult, lr_find, resolve_learning_rate
@@ -147,11 +148,11 @@ def check_config(config: RunConfig) -> RunConfig:
 def run_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics: dict, train_seconds: float,
                  epochs_run: int, artifacts: dict, distribution: dict | None = None, resumed: bool = False,
                  thresholds: list[float] | None = None, warnings: list[str] = (), dropped: dict | None = None,
-                 failed: dict | None = None) -> dict:
+                 failed: dict | None = None, flops: dict | None = None) -> dict:
     """Write the run's manifest.json and return it. `thresholds`: a multi-label run's per-class decision
     thresholds; `warnings`: the data, sanity and BatchNormalization notes; `dropped`: artifacts the model
     cannot be stored as, with the reason; `failed`: artifacts whose export failed, with the reason (the
-    run can then be resumed to export them again)."""
+    run can then be resumed to export them again); `flops`: `kerascnn.flops.training_record`'s fields."""
     manifest = {
         "kerascnn_version": __version__,
         "tensorflow_version": tf.__version__,
@@ -171,6 +172,7 @@ def run_manifest(run_dir: Path, config: RunConfig, data: ImageData, test_metrics
         "epochs_run": epochs_run,
         "resumed": resumed,
         "train_seconds": round(train_seconds, 3),
+        **(flops or {}),
         **(distribution or {}),
         "test_metrics": test_metrics,
         "warnings": list(warnings),
@@ -262,7 +264,9 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
             model = load_keras_model(run_dir / TRAINED_MODEL, unsafe)
             history = pd.read_csv(run_dir / HISTORY_FILE)
             result = TrainResult(history=history, train_seconds=0.0, epochs_run=len(history))
+            machine = None
         else:
+            machine = machine_gflops_once() if chief else None  # the day's GFLOPS, beside train_seconds
             result = fit(model, data, train_config, work_dir, seed=config.run.seed, cache=config.data.cache,
                          shuffle_buffer=config.data.shuffle_buffer, augment=augment, resume=resume is not None,
                          sampling=config.data.sampling)
@@ -288,7 +292,9 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
             distribution["learning_rate"] = {"value": config.train.learning_rate, "found_by": finder.summary()}
         manifest = run_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run,
                                 artifacts, distribution, resumed=resume is not None, thresholds=thresholds,
-                                warnings=warnings, dropped=dropped, failed=failed)
+                                warnings=warnings, dropped=dropped, failed=failed,
+                                flops=training_record(model, data.counts["train"], result.epochs_run,
+                                                      result.train_seconds, machine, resumed=resume is not None))
     except KeyboardInterrupt:
         raise RunInterrupted(run_dir) from None
     finally:
