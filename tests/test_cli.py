@@ -1,6 +1,7 @@
 """The CLI: a full train run writes the run directory; bad input is one line, exit code 2, nothing written."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,15 @@ def test_default_run_reaches_95_percent_on_digits_and_writes_every_file(default_
     # evaluation, export and report) within one CPU minute (about 15 s measured on 2026-12-01)
     assert default_run.cpu_seconds < 60
     assert manifest["train_seconds"] > 0
+    # training FLOPs: 3 x the layers' forward count, x training images x epochs run; the rate beside train_seconds
+    from kerascnn.flops import training_flops_per_image
+
+    assert manifest["flops_per_image"] == training_flops_per_image(default_run.model) > 0
+    assert manifest["train_flops"] == manifest["flops_per_image"] * manifest["counts"]["train"] * manifest["epochs_run"]
+    assert manifest["gemm_gflops"] > 0 and manifest["conv_gflops"] > 0 and "flops_note" not in manifest
+    assert manifest["achieved_gflops"] == pytest.approx(manifest["train_flops"] / manifest["train_seconds"] / 1e9,
+                                                        abs=0.05)
+    assert manifest["utilisation"] == pytest.approx(manifest["achieved_gflops"] / manifest["conv_gflops"], abs=1e-3)
     assert all(a["parity"]["top1_agreement"] == 1.0 for name, a in manifest["artifacts"].items()
                if a["parity"]["criterion"] == "exact")
     assert all(a["parity"]["passed"] for a in manifest["artifacts"].values())
@@ -65,6 +75,8 @@ def test_train_command_prints_run_dir_and_accuracy(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert f"run directory: {tmp_path / 'r'}" in out and "test accuracy:" in out
+    assert re.search(r"^training: \d\.\de\+\d+ FLOPs in \d+ s = \d+ GFLOPS \(\d\.\d\d of the machine's \d+ float32 "
+                     r"conv GFLOPS\)$", out, re.MULTILINE)
     assert (tmp_path / "r" / "model.keras").is_file()
     # the same name again is refused unless --overwrite
     assert main(["train", "--epochs", "1", "--output", str(tmp_path), "--name", "r"]) == 2

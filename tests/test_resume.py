@@ -35,6 +35,9 @@ def assert_complete(run_dir: Path, epochs: int = EPOCHS) -> None:
     assert list(history["epoch"]) == list(range(epochs))
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["epochs_run"] == epochs and manifest["resumed"] is True
+    # every epoch's FLOPs, those before the resume included; no rate, since train_seconds covers only the last part
+    assert manifest["train_flops"] == manifest["flops_per_image"] * manifest["counts"]["train"] * epochs
+    assert "achieved_gflops" not in manifest and manifest["flops_note"].startswith("resumed run")
     assert all(a["parity"]["top1_agreement"] == 1.0 for a in manifest["artifacts"].values())
     assert not (run_dir / "checkpoints" / "backup").exists()
     assert not (run_dir / "checkpoints" / "trained.keras").exists()
