@@ -17,6 +17,7 @@ from kerascnn import cli
 from kerascnn.config import config_from_dict, load_config
 from kerascnn.data.datasets import from_arrays
 from kerascnn.errors import ConfigError, ModelLoadError
+from kerascnn.flops import forward_flops
 from kerascnn.models import build_model
 from kerascnn.models.transfer import BACKBONES, build_backbone, build_transfer_model, list_backbones, unfreeze_top
 from kerascnn.runner import check_config, run
@@ -240,6 +241,11 @@ def test_every_strategy_exports_with_float_parity(transfer, tiny_data, cnn_run_m
     for entry in result.manifest["artifacts"].values():
         assert entry["parity"]["top1_agreement"] == 1.0 and entry["parity"]["max_abs_diff"] <= 1e-4
     assert list(pd.read_csv(result.run_dir / "history.csv")["epoch"]) == [0, 1]
+    # the nested backbone's convolutions are counted; a frozen one makes 3 x forward an overestimate, said so
+    backbone = [layer for layer in result.model.layers if isinstance(layer, keras.Model)]
+    assert result.manifest["flops_per_image"] == 3 * forward_flops(result.model) > 3 * forward_flops(backbone[0]) > 0
+    if transfer in ("feature_extraction", "truncate", "from_scratch"):
+        assert ("frozen layers" in result.manifest.get("flops_note", "")) == (transfer != "from_scratch")
 
 
 def test_fine_tune_run_trains_two_phases_in_one_history_and_exports_with_float_parity(tiny_data, tmp_path,
