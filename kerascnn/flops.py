@@ -83,7 +83,7 @@ def forward_flops(model: keras.Model) -> int:
     module docstring). Nested models and `keras.layers.Wrapper`s (kerascnn's `TrainingOnly`) are opened.
     The shapes are those the layers were built with, per image: the test-time flip of `resnet_small`
     (which runs every image twice at inference, not in training) does not change the count. A layer
-    shared by several calls is counted once.
+    shared by several calls is counted once, and a `TimeDistributed` layer for one time step.
 
     Example:
         forward_flops(build_model("resnet_small", (28, 28, 1), 10))  # 72,707,584: 2 x its multiply-adds
@@ -108,8 +108,9 @@ def profiler_forward_flops(model: keras.Model, training: bool = False) -> int:
     `ProfileOptionBuilder.float_operation()`) on the graph of a `tf.function` of the model at batch 1.
 
     `training=False` (default) profiles the inference graph, divided by the number of images it computes
-    on, so the test-time flip (2 images for each input image) counts once, like training. `training=True` profiles the training-time forward pass (BatchNormalization's
-    batch moments, the random augmentation ops). Beyond `forward_flops` the profiler counts bias adds,
+    on, so the test-time flip (2 images for each input image) counts once, like training.
+    `training=True` profiles the training-time forward pass (BatchNormalization's batch moments, the
+    random augmentation ops). Beyond `forward_flops` the profiler counts bias adds,
     BatchNormalization's multiply and add, rescaling, residual adds and reductions (TF's per-op
     statistics in `tensorflow/python/ops/*_ops.py`: `@ops.RegisterStatistics(..., "flops")`); it counts
     no FLOPs for ops without such a registration (ReLU, max-pooling, softmax). Measured: +0.4 % on the
@@ -224,14 +225,14 @@ def training_record(model: keras.Model, images_per_epoch: int, epochs_run: int, 
 
 
 def describe(manifest: dict) -> str:
-    """One line for the CLI from a run's manifest, e.g. `training: 7.0e13 FLOPs in 412 s = 170 GFLOPS (0.54 of the machine's
-    316 float32 conv GFLOPS)`."""
-    record = manifest
-    line = f"training: {record['train_flops']:.1e} FLOPs in {record['train_seconds']:.0f} s"
-    if "achieved_gflops" in record:
-        line += f" = {record['achieved_gflops']:.0f} GFLOPS"
-        if "utilisation" in record:
-            line += f" ({record['utilisation']:.2f} of the machine's {record['conv_gflops']:.0f} float32 conv GFLOPS)"
-    if "flops_note" in record:
-        line += f"; {record['flops_note']}"
+    """One line for the CLI from a run's manifest, e.g. `training: 7.0e+13 FLOPs in 412 s = 170 GFLOPS
+    (0.54 of the machine's 316 float32 conv GFLOPS)`."""
+    line = f"training: {manifest['train_flops']:.1e} FLOPs in {manifest['train_seconds']:.0f} s"
+    if "achieved_gflops" in manifest:
+        line += f" = {manifest['achieved_gflops']:.0f} GFLOPS"
+        if "utilisation" in manifest:
+            line += (f" ({manifest['utilisation']:.2f} of the machine's {manifest['conv_gflops']:.0f} float32 conv "
+                     f"GFLOPS)")
+    if "flops_note" in manifest:
+        line += f"; {manifest['flops_note']}"
     return line
