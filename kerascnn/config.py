@@ -284,6 +284,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_FIND = "find"  # train.learning_rate value that runs the learning-rate range test first
 SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")  # kerascnn.distribute.make_strategy
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies, and auto
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,7 +310,12 @@ class TrainConfig:
         strategy: tf.distribute strategy: auto | default | mirrored | multi_worker | tpu; `batch_size` is
             per replica (default auto: mirrored with 2+ GPUs, multi_worker with a TF_CONFIG cluster).
         mixed_precision: train in mixed_float16 (float32 variables and softmax); artifacts stay float32.
-            Speeds up GPUs with tensor cores, not CPUs (default False).
+            Speeds up GPUs with tensor cores, not CPUs; the same as precision = "mixed_float16" (default False).
+        precision: the dtype policy the network trains in: float32, mixed_bfloat16 (bfloat16
+            compute, float32 variables and softmax: CPUs with AMX/AVX512-BF16), mixed_float16, or auto:
+            mixed_bfloat16 where the CPU has bfloat16 units and a start-up check of a few training
+            steps finds it faster than float32 with the same predictions, else float32; the choice and
+            the check's figures go into the manifest. Artifacts are float32 either way (default auto).
         jit_compile: compile the training step with XLA; False leaves it to Keras, which uses XLA on a
             single GPU and never on CPU (default False).
         backup_every: batches between crash-recovery backups in `checkpoints/backup` (one is also
@@ -335,6 +341,7 @@ class TrainConfig:
     verbose: int = 1
     strategy: str = "auto"
     mixed_precision: bool = False
+    precision: str = "auto"
     jit_compile: bool = False
     backup_every: int = 100
     class_weight: dict | str | None = None
@@ -362,6 +369,11 @@ class TrainConfig:
         _check(self.verbose in (0, 1, 2), f"train.verbose must be 0, 1 or 2, got {self.verbose}")
         _check(self.strategy in STRATEGIES, f"train.strategy: unknown strategy {self.strategy!r}"
                f"{suggest(self.strategy, STRATEGIES)}; choose from {', '.join(STRATEGIES)}")
+        _check(self.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got "
+               f"{self.precision!r}{suggest(self.precision, PRECISIONS)}")
+        _check(not self.mixed_precision or self.precision in ("auto", "mixed_float16"),
+               f"train.mixed_precision = true means precision mixed_float16, but train.precision is "
+               f"{self.precision!r}: set only one of them")
         _check(self.backup_every >= 0, f"train.backup_every must be >= 0 (0: no backups), got {self.backup_every}")
         if isinstance(self.class_weight, str):
             _check(self.class_weight == "balanced", f"train.class_weight must be \"balanced\" or a table "

@@ -155,26 +155,27 @@ def global_batch_size(strategy: tf.distribute.Strategy, per_replica: int) -> int
 
 
 @contextlib.contextmanager
-def precision(mixed: bool):
-    """Build layers under the mixed_float16 policy (float32 variables, float16 compute) when `mixed`.
+def precision(policy: str):
+    """Build layers under the Keras dtype policy `policy` (float32, mixed_bfloat16, mixed_float16: the
+    mixed ones keep float32 variables).
 
     The policy is global in Keras and read when a layer is created, so it is set for the block only.
     """
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16" if mixed else "float32")
+    keras.config.set_dtype_policy(policy)
     try:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
 
 
-def check_float32_output(model: keras.Model, input_shape: tuple[int, int, int], name: str) -> None:
-    """Refuse a model built under mixed precision whose probabilities are not float32 (float16 softmax
-    rounds small probabilities to 0 and makes the loss unstable)."""
+def check_float32_output(model: keras.Model, input_shape: tuple[int, int, int], name: str, policy: str) -> None:
+    """Refuse a model built under a mixed `policy` whose probabilities are not float32 (a float16 or
+    bfloat16 softmax rounds small probabilities to 0 and makes the loss unstable)."""
     dtype = keras.backend.standardize_dtype(model(keras.ops.zeros((1, *input_shape)), training=False).dtype)
     if dtype != "float32":
-        raise ConfigError(f"model {name!r} computes its probabilities in {dtype} under mixed precision; give its "
-                          f"output layer dtype='float32' or train without --mixed-precision")
+        raise ConfigError(f"model {name!r} computes its probabilities in {dtype} under {policy}; give its "
+                          f"output layer dtype='float32' or train with --set train.precision=float32")
 
 
 # Strategies whose `model.fit` fails in TF 2.21 / Keras 3.15 (keras-team/keras#20585).

@@ -47,6 +47,7 @@ from kerascnn.models.batchnorm import reestimate_batch_norm, stale_batch_norm, t
 from kerascnn.models.heads import sigmoid_head
 from kerascnn.models.registry import build_model, check_builder_options
 from kerascnn.models.transfer import build_from_config, check_backbone_options, check_transfer
+from kerascnn.precision import choose_precision
 from kerascnn.predict import load
 from kerascnn.report import Report, check_compatible, write_report
 from kerascnn.resume import RunInterrupted, check_resumable
@@ -234,10 +235,15 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         config = config.replace("data", image_size=tuple(data.input_shape[:2]))
     if chief and config.train.verbose:
         print(describe_data(data, config.data.color_mode, inferred))
-    with strategy.scope(), precision(config.train.mixed_precision):
+    dtype_policy = choose_precision(config.train, partial(make_model, config, data), data,
+                                    default_strategy=strategy_name(strategy) == "default")
+    if chief and config.train.verbose:
+        print(dtype_policy.describe())
+    keras.utils.set_random_seed(config.run.seed)  # the check built networks: the run's starts from the seed again
+    with strategy.scope(), precision(dtype_policy.policy):
         model = make_model(config, data)
-        if config.train.mixed_precision:
-            check_float32_output(model, data.input_shape, config.model.name)
+        if dtype_policy.policy != "float32":
+            check_float32_output(model, data.input_shape, config.model.name, dtype_policy.policy)
     positive_class_index(data.class_names, config.evaluate.positive_class)  # a typo fails before training
     augment = make_augment(config.augment, seed=config.run.seed, data=data)
     config, finder = resolve_learning_rate(config, model, data, augment)  # train.learning_rate = "find"
@@ -272,7 +278,7 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
                          sampling=config.data.sampling)
         if not chief:
             return RunResult(run_dir=None, model=model, data=data, test_metrics={}, manifest={}, chief=False)
-        if config.train.mixed_precision or strategy_name(strategy) != "default":
+        if dtype_policy.policy != "float32" or strategy_name(strategy) != "default":
             model = deployable_copy(model, config, data)
         notes = refresh_batch_norm(model, data, config, result)
         thresholds = validation_thresholds(model, data, config.evaluate.thresholds, config.evaluate.threshold_target) \
@@ -287,7 +293,7 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         except PartialExport as exc:
             artifacts, failed, partial_error = exc.artifacts, exc.failed, exc
         distribution = {"strategy": strategy_name(strategy), "num_replicas_in_sync": result.num_replicas_in_sync,
-                        "global_batch_size": result.global_batch_size}
+                        "global_batch_size": result.global_batch_size, "precision": dtype_policy.to_dict()}
         if finder is not None:
             distribution["learning_rate"] = {"value": config.train.learning_rate, "found_by": finder.summary()}
         manifest = run_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run,

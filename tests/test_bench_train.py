@@ -20,12 +20,23 @@ def test_generated_folder_has_every_class(tmp_path):
 
 
 def test_bench_train_reports_throughput_and_memory_above_the_baseline(capsys, tmp_path):
-    code = main(["bench", "train", "--json", "--images", "600", "--epochs", "1", "--repeats", "2",
+    code = main(["bench", "train", "--json", "--preset", "digits", "--images", "600", "--repeats", "1",
                  "--folder-sizes", "200", "400"])
     results = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert results["fit_images_per_s"] > 0 and results["kerascnn_images_per_s"] > 0
-    assert results["ratio"] == pytest.approx(results["kerascnn_images_per_s"] / results["fit_images_per_s"], abs=2e-3)
+    for loop in ("reference", "kerascnn", "fit"):
+        assert results[f"{loop}_images_per_s"] > 0 and 0 < results[f"{loop}_cores_busy"] <= 2.5
+    assert results["loop_ratio"] == pytest.approx(results["kerascnn_images_per_s"] / results["fit_images_per_s"],
+                                                  abs=2e-3)
+    assert results["speedup_vs_float32"] == pytest.approx(
+        results["kerascnn_images_per_s"] / results["reference_images_per_s"], abs=2e-3)
+    # FLOPs: the layer count agrees with TensorFlow's profiler; the run's total is per image x images x epochs
+    assert results["flops_per_image"] == pytest.approx(results["profiler_flops_per_image"], rel=0.05)
+    assert results["train_flops"] == results["flops_per_image"] * results["train_images"] * results["epochs"]
+    assert results["achieved_gflops"] == pytest.approx(
+        results["flops_per_image"] * results["kerascnn_images_per_s"] / 1e9, abs=0.1)
+    assert results["utilisation"] == pytest.approx(results["achieved_gflops"] / results["conv_gflops"], abs=2e-3)
+    assert results["precision"] == "float32"  # a digits run is too short for the bfloat16 check (or the CPU lacks it)
     assert (results["small_folder_images"], results["large_folder_images"]) == (200, 400)
     assert results["cache"] is False and results["baseline_peak_mb"] > 0
     assert results["large_folder_mb_per_10k_images"] == pytest.approx(

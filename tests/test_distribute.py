@@ -117,6 +117,7 @@ def _custom_loop_inputs(data, batch_size=64):
 
 
 def _compiled(data):
+    keras.utils.set_random_seed(0)  # the weights and the shuffle order, whatever ran before
     model = small_cnn(data)
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     return model
@@ -162,7 +163,7 @@ def test_mixed_precision_trains_in_float16_and_exports_float32(digits, tmp_path)
                        train=TrainConfig(epochs=1, strategy="default", mixed_precision=True, verbose=0,
                                          tensorboard=False),
                        export=ExportConfig(formats=("keras", "tflite"), tflite=("float32",)))
-    with distribute.precision(True):
+    with distribute.precision("mixed_float16"):
         trained = small_cnn(digits)
     assert trained.dtype_policy.name == "mixed_float16"
     assert trained.get_layer("probabilities").compute_dtype == "float32"

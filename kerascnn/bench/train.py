@@ -1,12 +1,20 @@
-"""`kerascnn bench train`: kerascnn's training loop against a hand-written `model.fit`, and streaming memory.
+"""`kerascnn bench train`: training speed against today's float32 `model.fit`, FLOPs, and streaming memory.
 
-1. Throughput: the same generated images and the same architecture (fresh weights each time),
-   trained once by `kerascnn.train` into a run directory with the callbacks `kerascnn train` runs
-   (best checkpoint, backup every `train.backup_every` batches, CSV history, TensorBoard) and once by
-   a plain `model.fit(x, y, validation_data=...)` on the numpy arrays. The two alternate, the
-   reference first in odd rounds and second in even ones, and the best of `--repeats` is kept for
-   each, so load from other jobs hits both alike. `ratio` >= 0.95 means the pipeline costs (next to)
-   nothing.
+1. Speed, for a config (default: the `fashion_mnist` preset's network and batch size), on the first
+   `--images` training images of its dataset. Three loops train fresh copies of the network, one
+   epoch each in turn, alternating which runs first, and the best epoch after the first (which
+   traces the step) is kept for each, so load from other jobs hits all alike:
+   - reference: today's float32 path, a hand-written `model.fit` on float32 numpy arrays of the
+     network with Keras' own BatchNormalization;
+   - kerascnn: `kerascnn.train` as `kerascnn train` runs it (run directory, every callback, the
+     tf.data pipeline) on the network as kerascnn builds it (`FusedBatchNormalization`), in the dtype
+     policy `train.precision = "auto"` picks by its start-up check (kerascnn.precision);
+   - fit: `model.fit` of that same network and policy, so `loop_ratio` = kerascnn / fit is what
+     kerascnn's loop and callbacks cost (>= 0.95: next to nothing).
+   `speedup_vs_float32` = kerascnn / reference. FLOPs are counted from the layers (kerascnn.flops,
+   3x the forward pass per training image) and checked against TensorFlow's profiler; the machine's
+   float32 GEMM and convolution GFLOPS are measured in the same run, and `utilisation` is the
+   achieved training GFLOPS over the float32 convolution rate.
 2. Memory: peak resident memory of fresh processes training one epoch from generated image
    folders, with `data.cache = false` so that images stream from disk (`--cache` keeps them in
    memory instead, for comparison). TensorFlow and the model alone take over a gigabyte, so each
@@ -19,7 +27,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,10 +47,12 @@ BASELINE_IMAGES = 100
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--images", type=int, default=20000, help="generated training+validation images (20000)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per throughput run (3)")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch size (128)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each loop; best kept (2)")
+    parser.add_argument("--preset", default="fashion_mnist", help="preset whose network, batch size, optimizer and "
+                                                                  "data are measured (default fashion_mnist)")
+    parser.add_argument("--config", metavar="FILE", help="a config file instead of --preset")
+    parser.add_argument("--images", type=int, default=12800, help="training images per timed epoch (12800)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs of each loop, alternating; best kept (3)")
+    parser.add_argument("--batch-size", type=int, default=128, help="batch size of the memory runs (128)")
     parser.add_argument("--folder-sizes", type=int, nargs=2, default=[10000, 50000], metavar=("SMALL", "LARGE"),
                         help="images in the two generated folders (10000 50000)")
     parser.add_argument("--cache", action="store_true", help="keep the folders' decoded images in memory "
@@ -66,28 +78,126 @@ def _model(data):
     return build_model(name, data.input_shape, data.num_classes, **options)
 
 
-def kerascnn_images_per_s(data, config) -> float:
-    """kerascnn's loop as `kerascnn train` runs it: into a run directory, with all its callbacks."""
-    from kerascnn.training import train
-
-    with tempfile.TemporaryDirectory(prefix="kerascnn-bench-run-") as run_dir:
-        result = train(_model(data), data, config, run_dir=Path(run_dir))
-    return data.counts["train"] * config.epochs / result.train_seconds
-
-
-def fit_images_per_s(data, config) -> float:
-    """The reference: what a user would write by hand over the same arrays."""
+def epoch_callbacks(after_epoch=None):
+    """A Keras callback timing each epoch (wall and process CPU seconds in `.epochs`), which then calls
+    `after_epoch(epoch)`, outside the timed span (how the other loops run between kerascnn's epochs)."""
     import keras
 
-    from kerascnn.training import compile_model
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epochs = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = (time.perf_counter(), time.process_time())
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs.append((time.perf_counter() - self.start[0], time.process_time() - self.start[1]))
+            if after_epoch is not None:
+                after_epoch(epoch)
+
+    return EpochTimer()
+
+
+def reference_network(model):
+    """The same network with Keras' own BatchNormalization in place of kerascnn's fused one: today's path."""
+    import keras
+
+    from kerascnn.models.batchnorm import FusedBatchNormalization
+
+    def clone(layer):
+        if isinstance(layer, FusedBatchNormalization):
+            return keras.layers.BatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def timed_loops(config, data, build, policy: str, repeats: int) -> dict:
+    """Images/s and busy cores of the best timed epoch of each loop (see the module docstring).
+
+    kerascnn's loop is one `kerascnn.train` of `repeats + 1` epochs; after each of its epochs the two
+    `model.fit` loops run one epoch each, in alternating order. Every loop's first epoch traces its
+    step and is not counted."""
+    import keras
+
+    from kerascnn.distribute import precision
+    from kerascnn.training import compile_model, train
 
     (x, y), (x_val, y_val) = data.arrays["train"], data.arrays["validation"]
-    x, x_val = x.astype("float32"), x_val.astype("float32")
-    y, y_val = keras.utils.to_categorical(y, NUM_CLASSES), keras.utils.to_categorical(y_val, NUM_CLASSES)
-    model = compile_model(_model(data), config, steps_per_epoch=-(-len(x) // config.batch_size))
-    start = time.perf_counter()
-    model.fit(x, y, batch_size=config.batch_size, epochs=config.epochs, validation_data=(x_val, y_val), verbose=0)
-    return len(x) * config.epochs / (time.perf_counter() - start)
+    x_float, x_val_float = x.astype("float32"), x_val.astype("float32")
+    onehot, onehot_val = (keras.utils.to_categorical(labels, data.num_classes) for labels in (y, y_val))
+    steps = -(-len(x) // config.batch_size)
+    with precision("float32"):
+        reference = compile_model(reference_network(build()), config, steps)
+    with precision(policy):
+        fit_model = compile_model(build(), config, steps)
+        kerascnn_model = build()
+    fit_timers = {"reference": epoch_callbacks(), "fit": epoch_callbacks()}
+    fit_models = {"reference": reference, "fit": fit_model}
+
+    def other_loops(epoch):
+        for name in (fit_models if epoch % 2 == 0 else list(fit_models)[::-1]):
+            fit_models[name].fit(x_float, onehot, batch_size=config.batch_size, epochs=1, verbose=0,
+                                 validation_data=(x_val_float, onehot_val), callbacks=[fit_timers[name]])
+
+    timers = {"kerascnn": epoch_callbacks(other_loops), **fit_timers}
+    run_dir = Path(tempfile.mkdtemp(prefix="kerascnn-bench-run-"))
+    try:
+        train(kerascnn_model, data, dataclasses.replace(config, epochs=repeats + 1, verbose=0, early_stopping_patience=0),
+              run_dir=run_dir, extra_callbacks=[timers["kerascnn"]])
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    results = {}
+    for name, timer in timers.items():
+        wall, cpu = min(timer.epochs[1:])
+        results[f"{name}_images_per_s"] = round(len(x) / wall, 1)
+        results[f"{name}_cores_busy"] = round(cpu / wall, 2)
+    return results
+
+
+def speed(args) -> dict:
+    """Part 1 of the module docstring: the config's network, FLOPs, the machine's rates, three loops."""
+    from kerascnn.config import load_config
+    from kerascnn.data.datasets import from_arrays, load_data
+    from kerascnn.flops import machine_gflops, profiler_forward_flops, training_flops_per_image
+    from kerascnn.models import build_model
+    from kerascnn.precision import choose_precision
+
+    config = load_config(args.config) if args.config else load_config(preset=args.preset)
+    full = load_data(config.data, seed=config.run.seed)
+    if full.arrays is None:
+        raise KerasCNNError(f"bench train measures in-memory datasets; {config.data.dataset!r} streams from files")
+    (x, y), validation = full.arrays["train"], full.arrays["validation"]
+    data = from_arrays(x[:args.images], y[:args.images], validation[0][:1000], validation[1][:1000],
+                       class_names=full.class_names, config=config.data, seed=config.run.seed)
+
+    def build():
+        return build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
+
+    train_config = config.train
+    choice = choose_precision(train_config, build, full)  # the check `kerascnn train` runs, on the full run's size
+    network = build()
+    flops_per_image = training_flops_per_image(network)
+    profiler_flops_per_image = 3 * profiler_forward_flops(network)
+    rates = machine_gflops()
+    results = {"network": config.model.name, "batch_size": train_config.batch_size, "precision": choice.policy,
+               "precision_check": choice.reason,
+               "flops_per_image": flops_per_image, "profiler_flops_per_image": profiler_flops_per_image,
+               "train_images": full.counts["train"], "epochs": train_config.epochs,
+               "train_flops": flops_per_image * full.counts["train"] * train_config.epochs, **rates}
+    results.update(timed_loops(train_config, data, build, choice.policy, args.repeats))
+    conv = rates["conv_gflops"]
+    for name in ("reference", "kerascnn"):
+        achieved = flops_per_image * results[f"{name}_images_per_s"] / 1e9
+        results[f"{name}_achieved_gflops"] = round(achieved, 1)
+        results[f"{name}_utilisation"] = round(achieved / conv, 3)
+    results["achieved_gflops"], results["utilisation"] = results["kerascnn_achieved_gflops"], results["kerascnn_utilisation"]
+    results["speedup_vs_float32"] = round(results["kerascnn_images_per_s"] / results["reference_images_per_s"], 3)
+    results["loop_ratio"] = round(results["kerascnn_images_per_s"] / results["fit_images_per_s"], 3)
+    results["train_seconds_at_kerascnn_speed"] = round(full.counts["train"] * train_config.epochs
+                                                       / results["kerascnn_images_per_s"], 1)
+    return results
 
 
 def write_folder(root: Path, count: int) -> Path:
@@ -137,33 +247,20 @@ def mb_per_10k_images(peak_mb: float, baseline_mb: float, images: int) -> float:
     return (peak_mb - baseline_mb) * 10000 / (images - BASELINE_IMAGES)
 
 
-@register_bench("train", help="kerascnn's training loop vs a hand-written model.fit; streaming memory",
-                add_arguments=add_arguments)
+@register_bench("train", help="training speed vs today's float32 model.fit (FLOPs, utilisation, speed-up); "
+                                "streaming memory", add_arguments=add_arguments)
 def run(args) -> dict:
-    from kerascnn.config import DataConfig, TrainConfig
-    from kerascnn.data.datasets import from_arrays
-
-    images, labels = generated_images(args.images)
-    test_images, test_labels = generated_images(256, seed=2)
-    data = from_arrays(images, labels, test_images, test_labels, config=DataConfig(dataset="generated"))
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, early_stopping_patience=0, verbose=0)
-    ours, reference = [], []
-    for round_ in range(args.repeats):  # alternate which loop runs first
-        pair = [(reference, fit_images_per_s), (ours, kerascnn_images_per_s)]
-        for results, measure in (pair if round_ % 2 == 0 else pair[::-1]):
-            results.append(measure(data, config))
     small, large = args.folder_sizes
     if min(small, large) <= BASELINE_IMAGES:
         raise KerasCNNError(f"--folder-sizes must be above the {BASELINE_IMAGES}-image baseline folder")
+    results = speed(args)
     with tempfile.TemporaryDirectory(prefix="kerascnn-bench-") as workdir:
         memory = {n: folder_memory_mb(write_folder(Path(workdir) / str(n), n), args.batch_size, args.cache)
                   for n in (BASELINE_IMAGES, small, large)}
     peaks = {n: peak for n, (peak, _) in memory.items()}
     resident = {n: kept for n, (_, kept) in memory.items()}
     return {
-        "fit_images_per_s": round(max(reference), 1),
-        "kerascnn_images_per_s": round(max(ours), 1),
-        "ratio": round(max(ours) / max(reference), 3),
+        **results,
         "small_folder_images": small,
         "large_folder_images": large,
         "small_folder_peak_mb": round(peaks[small], 4),

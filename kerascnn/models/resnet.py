@@ -12,6 +12,7 @@ import keras
 from keras import layers, ops
 
 from kerascnn.errors import ConfigError
+from kerascnn.models.batchnorm import FusedBatchNormalization
 from kerascnn.models.registry import register_model
 
 
@@ -60,10 +61,11 @@ class FlipAverage(layers.Layer):
         return input_shape
 
 
-def _conv_bn_relu(x, filters: int, momentum: float, name: str, strides: int = 1):
+def _conv_bn_relu(x, filters: int, momentum: float, name: str, strides: int = 1, fused: bool = True):
     x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, kernel_initializer="he_normal",
                       name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+    batch_norm = FusedBatchNormalization if fused else layers.BatchNormalization
+    x = batch_norm(momentum=momentum, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -85,7 +87,7 @@ def _check_options(stem, stem_stride, widths, blocks, dropout, bn_momentum, rand
 
 @register_model("resnet_small")
 def resnet_small(input_shape, num_classes, stem=32, stem_stride=1, widths=(64, 128), blocks=(1, 1), dropout=0.0,
-                 bn_momentum=0.9, random_flip=False, random_shift=0.0, test_time_flip=False):
+                 bn_momentum=0.9, random_flip=False, random_shift=0.0, test_time_flip=False, fused_batch_norm=True):
     """Residual BatchNorm CNN: a stem, then one stage per width, each at half the resolution of the last.
 
     The stem is a 3x3 conv-BN-ReLU at full resolution (`stem_stride=1`) or strided (`stem_stride=2`,
@@ -106,6 +108,8 @@ def resnet_small(input_shape, num_classes, stem=32, stem_stride=1, widths=(64, 1
         random_shift: shift training images by whole pixels, up to this fraction of height and width
             (default 0.0).
         test_time_flip: predict the mean of each image and its mirror (default False).
+        fused_batch_norm: train BatchNorm with TensorFlow's fused kernel (`FusedBatchNormalization`,
+            same results, faster step); False uses Keras' own layer (default True).
 
     Example:
         model = build_model("resnet_small", (28, 28, 1), 10, random_flip=True, test_time_flip=True)
@@ -125,19 +129,19 @@ def resnet_small(input_shape, num_classes, stem=32, stem_stride=1, widths=(64, 1
         x = TestTimeFlip(name="test_time_flip")(x)
     x = layers.Rescaling(1.0 / 255, name="rescale")(x)
     height, width = input_shape[:2]
-    x = _conv_bn_relu(x, stem, bn_momentum, "stem", strides=stem_stride)
+    x = _conv_bn_relu(x, stem, bn_momentum, "stem", strides=stem_stride, fused=fused_batch_norm)
     for stage, (filters, count) in enumerate(zip(widths, blocks)):
         if stage == 0 and stem_stride == 2:  # the strided stem already halved the resolution
             height, width = -(-height // 2), -(-width // 2)
         elif height >= 2 and width >= 2:
             x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
             height, width = height // 2, width // 2
-        x = _conv_bn_relu(x, filters, bn_momentum, f"stage{stage}_widen")
+        x = _conv_bn_relu(x, filters, bn_momentum, f"stage{stage}_widen", fused=fused_batch_norm)
         for block in range(count):
             name = f"stage{stage}_block{block}"
             shortcut = x
-            x = _conv_bn_relu(x, filters, bn_momentum, f"{name}_a")
-            x = _conv_bn_relu(x, filters, bn_momentum, f"{name}_b")
+            x = _conv_bn_relu(x, filters, bn_momentum, f"{name}_a", fused=fused_batch_norm)
+            x = _conv_bn_relu(x, filters, bn_momentum, f"{name}_b", fused=fused_batch_norm)
             x = layers.Add(name=f"{name}_add")([shortcut, x])
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     if dropout:

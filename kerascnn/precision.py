@@ -1,0 +1,131 @@
+"""Which dtype policy a run trains in: float32, or mixed_bfloat16 where this CPU makes it pay.
+
+TensorFlow's oneDNN kernels run bfloat16 convolutions and matmuls on the AMX / AVX512-BF16 units
+about three times faster than float32 here, yet a whole training step gains only what the rest of
+the step (BatchNorm, casts, the optimizer, the input) leaves of that, and on some networks loses.
+So `train.precision = "auto"` measures instead of guessing: on a CPU with bfloat16 units it builds
+the network in both policies with the same weights, checks that their predictions agree, times a
+few training steps of each, alternating, and trains in bfloat16 only if its step is clearly faster.
+The check costs a few seconds, so runs too short to repay it train in float32 without one.
+
+Example:
+    choice = choose_precision(config.train, lambda: make_model(config, data), data)
+    with precision(choice.policy):
+        model = make_model(config, data)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerascnn.config import TrainConfig
+from kerascnn.data.imagedata import ImageData
+from kerascnn.data.pipeline import batches
+from kerascnn.distribute import precision
+from kerascnn.flops import training_flops_per_image
+from kerascnn.training import compile_model
+
+BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names of the units oneDNN uses
+MIN_SPEEDUP = 1.15  # bfloat16 must beat float32 by this much: the check's timings are a few steps
+MAX_PROBABILITY_DIFFERENCE = 0.05  # the two policies' predictions, same weights, one batch
+MIN_CHECKED_FLOPS = 1e13  # training FLOPs below which the check is not worth its seconds (~1 min of float32)
+TIMED_ROUNDS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionChoice:
+    """The policy a run trains in and why; `float32_step_ms` etc. are set when the check ran."""
+
+    policy: str
+    reason: str
+    float32_step_ms: float | None = None
+    bfloat16_step_ms: float | None = None
+    max_probability_difference: float | None = None
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+    def describe(self) -> str:
+        """One line for the console."""
+        return f"precision: {self.policy} ({self.reason})"
+
+
+def cpu_bfloat16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The bfloat16 instruction sets this CPU reports (empty where there are none or no /proc)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in BFLOAT16_CPU_FLAGS if flag in flags]
+
+
+def choose_precision(config: TrainConfig, build: Callable[[], keras.Model], data: ImageData,
+                     default_strategy: bool = True) -> PrecisionChoice:
+    """The dtype policy to build and train the network in (see the module docstring).
+
+    Args:
+        config: the run's training settings (`precision`, `mixed_precision`, `batch_size`, optimizer).
+        build: builds the network under the current dtype policy.
+        data: the run's data; one training batch is used for the check, and its size and
+            `config.epochs` give the run's training FLOPs (`kerascnn.flops`): short runs skip it.
+        default_strategy: False under a tf.distribute strategy, which `auto` leaves in float32.
+    """
+    if config.mixed_precision:
+        return PrecisionChoice("mixed_float16", "train.mixed_precision = true")
+    if config.precision != "auto":
+        return PrecisionChoice(config.precision, "train.precision")
+    if not default_strategy or tf.config.list_physical_devices("GPU"):
+        return PrecisionChoice("float32", "auto: bfloat16 is only checked for single-device CPU training")
+    units = cpu_bfloat16_units()
+    if not units:
+        return PrecisionChoice("float32", "auto: this CPU has no bfloat16 units")
+    with precision("float32"):
+        reference = build()
+    train_flops = training_flops_per_image(reference) * data.counts["train"] * config.epochs
+    if train_flops < MIN_CHECKED_FLOPS:
+        return PrecisionChoice("float32", f"auto: {train_flops:.1e} training FLOPs, too short a run to check "
+                                          f"bfloat16 (from {MIN_CHECKED_FLOPS:.0e})")
+    with precision("mixed_bfloat16"):
+        candidate = build()
+    return measure_bfloat16(config, reference, candidate, data)
+
+
+def measure_bfloat16(config: TrainConfig, reference: keras.Model, candidate: keras.Model,
+                     data: ImageData) -> PrecisionChoice:
+    """Give the mixed_bfloat16 `candidate` the float32 `reference`'s weights, compare their predictions
+    on one training batch and time training steps of each, alternating; mixed_bfloat16 if it agrees
+    and is at least `MIN_SPEEDUP` times faster."""
+    images, labels = next(iter(batches(data.train, config.batch_size, None if data.multi_label else data.num_classes,
+                                       cache=False)))
+    candidate.set_weights(reference.get_weights())
+    models = {"float32": reference, "mixed_bfloat16": candidate}
+    predictions = [np.asarray(model(images, training=False), dtype="float32") for model in models.values()]
+    difference = float(np.max(np.abs(predictions[0] - predictions[1])))
+    steps = {}
+    for policy, model in models.items():
+        compile_model(model, config, steps_per_epoch=100, multi_label=data.multi_label)
+        model.train_on_batch(images, labels)  # traces the step: not timed
+        steps[policy] = []
+    for round_ in range(TIMED_ROUNDS):
+        for policy in (models if round_ % 2 == 0 else list(models)[::-1]):
+            start = time.perf_counter()
+            models[policy].train_on_batch(images, labels)
+            steps[policy].append(time.perf_counter() - start)
+    float32_ms, bfloat16_ms = (1000 * statistics.median(steps[policy]) for policy in models)
+    figures = dict(float32_step_ms=round(float32_ms, 1), bfloat16_step_ms=round(bfloat16_ms, 1),
+                   max_probability_difference=round(difference, 4))
+    timing = f"a training step took {bfloat16_ms:.0f} ms in bfloat16, {float32_ms:.0f} ms in float32"
+    if difference > MAX_PROBABILITY_DIFFERENCE:
+        return PrecisionChoice("float32", f"auto: bfloat16 predictions differ by up to {difference:.3f}", **figures)
+    if float32_ms < MIN_SPEEDUP * bfloat16_ms:
+        return PrecisionChoice("float32", f"auto: {timing}; not {MIN_SPEEDUP}x faster", **figures)
+    return PrecisionChoice("mixed_bfloat16", f"auto: {timing}; predictions within {difference:.3f}", **figures)
