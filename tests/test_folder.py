@@ -95,6 +95,10 @@ def test_layout_rule_nested_folders_empty_classes_and_root_files(tmp_path, caplo
     assert scan.empty_classes == ["broken", "empty"]
     assert {s.reason for s in scan.skipped if s.path.endswith("README.md")} == {"not inside a class folder"}
     assert "has no usable images" in caplog.text and "skipped_files.csv" in caplog.text
+    # the warning names the first skipped files itself: a run that fails before its run directory exists
+    # writes no skipped_files.csv
+    first = scan.skipped[0]
+    assert f"{first.path} (" in caplog.text and f"and {len(scan.skipped) - 3} more" in caplog.text
 
 
 def test_strict_makes_skipped_files_an_error_listing_them(messy):

@@ -107,6 +107,9 @@ class FolderScan:
             writer.writerows((s.path, s.reason) for s in self.skipped)
 
 
+SKIPPED_NAMED = 3  # skipped files the scan's warning names, with their reasons
+
+
 def _reason_kind(reason: str) -> str:
     """The part of a reason before the colon ("not a decodable image: ..." -> "not a decodable image")."""
     return reason.split(":", 1)[0]
@@ -210,9 +213,11 @@ def scan_folder(root: Path, strict: bool = False) -> FolderScan:
     empty_classes = [name for label, name in enumerate(all_classes) if label not in present]
     if strict and (skipped or empty_classes):
         raise DataError(_strict_message(root, skipped, empty_classes))
-    if skipped:
-        log.warning("skipped %d of %d files under %s that are not usable images (a run lists them in its %s)",
-                    len(skipped), seen, root, SKIPPED_FILES_CSV)
+    if skipped:  # named here, since a run that fails before its run directory exists writes no csv
+        named = "; ".join(f"{s.path} ({_reason_kind(s.reason)})" for s in skipped[:SKIPPED_NAMED])
+        more = f"; and {len(skipped) - SKIPPED_NAMED} more" if len(skipped) > SKIPPED_NAMED else ""
+        log.warning("skipped %d of %d files under %s that are not usable images: %s%s (a run lists them all in "
+                    "its %s)", len(skipped), seen, root, named, more, SKIPPED_FILES_CSV)
     for name in empty_classes:
         log.warning("class folder %s has no usable images and is skipped", root / name)
     if not usable:
