@@ -55,6 +55,10 @@ COURSE_AUGMENTATION = AugmentConfig(rotation_range=20, width_shift_range=0.1, he
 # fill_mode -> OpenCV border mode; "nearest" and "reflect" are the same extensions as scipy's.
 BORDER_MODES = {"constant": cv2.BORDER_CONSTANT, "nearest": cv2.BORDER_REPLICATE, "reflect": cv2.BORDER_REFLECT,
                 "wrap": cv2.BORDER_WRAP}
+# Images at least this large are copied into a cache-resident buffer before they are warped.
+HOT_COPY_BYTES = 64 * 1024
+# FastAugment.augmented_batches augments chunks of about this many pixel values (4 MB of float32) at a time.
+CHUNK_VALUES = 2 ** 20
 IDG_PARAMETERS = ("rotation_range", "width_shift_range", "height_shift_range", "shear_range", "zoom_range",
                   "horizontal_flip", "vertical_flip", "fill_mode", "cval", "brightness_range", "channel_shift_range")
 
@@ -134,8 +138,18 @@ def apply_transforms(images: np.ndarray, transforms: dict[str, np.ndarray], fill
     source, target = (images[..., 0], out[..., 0]) if channels == 1 else (images, out)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     border, fill = BORDER_MODES[fill_mode], (float(cval),) * 4
-    for image, matrix, result in zip(source, matrices, target):
-        cv2.warpAffine(image, matrix, (width, height), dst=result, flags=flags, borderMode=border, borderValue=fill)
+    if source[0].nbytes < HOT_COPY_BYTES:
+        for image, matrix, result in zip(source, matrices, target):
+            cv2.warpAffine(image, matrix, (width, height), dst=result, flags=flags, borderMode=border,
+                           borderValue=fill)
+    else:
+        # A rotated read walks across the rows of an image that is not in cache: copying it first with
+        # one sequential pass into a buffer that stays in L2 made the warp 2.4x cheaper at 224x224x3.
+        # One buffer a call: tf.data runs calls in parallel and OpenCV releases the GIL while it warps.
+        hot = np.empty_like(source[0])
+        for image, matrix, result in zip(source, matrices, target):
+            np.copyto(hot, image)
+            cv2.warpAffine(hot, matrix, (width, height), dst=result, flags=flags, borderMode=border, borderValue=fill)
     if transforms["channel_shift_intensity"] is not None:
         # IDG clips the shifted image to its own value range.
         low = out.min(axis=(1, 2, 3), keepdims=True)
@@ -172,6 +186,25 @@ class FastAugment:
         augmented = tf.numpy_function(self.augment_images, [images], images.dtype, stateful=True)
         augmented.set_shape(images.shape)
         return augmented, labels
+
+    def augmented_batches(self, ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+        """Batch an unbatched (pixels, label) dataset into augmented batches of `batch_size`, in order.
+
+        Every image is augmented on its own, so a chunk of several batches (about `CHUNK_VALUES` pixel
+        values, a whole number of batches) goes through one call and `rebatch` cuts it back into
+        `batch_size` batches: the per-call cost (the `numpy_function` hand-over, drawing the
+        transformations) is paid once a chunk. At 28x28 batch 32 it was most of the fast path's CPU time.
+        The parallel map runs chunks on all cores; its output order is kept, so batches hold the same
+        images as `ds.batch(batch_size)`.
+
+        Example:
+            train = FastAugment(AugmentConfig(rotation_range=20)).augmented_batches(ds.shuffle(10000), 32)
+        """
+        shape = ds.element_spec[0].shape
+        values = shape.num_elements() if shape.is_fully_defined() else None
+        chunk = batch_size * max(1, CHUNK_VALUES // (batch_size * values)) if values else batch_size
+        ds = ds.batch(chunk).map(self, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds if chunk == batch_size else ds.rebatch(batch_size)
 
 
 class LegacyAugment:
