@@ -3,8 +3,9 @@
 `make_augment(AugmentConfig(...))` returns what `training.train(augment=...)` takes:
 
 - backend "fast": `FastAugment`, a batch function (images, labels) -> (images, labels) mapped over
-  training batches inside the tf.data pipeline (parallel map, prefetch). One random affine matrix per
-  image composes rotation, shift, shear, zoom and the flips exactly as ImageDataGenerator composes
+  training batches inside the tf.data pipeline (parallel map, prefetch); `augmented_batches`, what
+  training uses, maps it over chunks of several batches and rebatches them. One random affine matrix
+  per image composes rotation, shift, shear, zoom and the flips exactly as ImageDataGenerator composes
   them; OpenCV's `warpAffine` resamples each image once with that matrix. No augmented copies are
   kept, and the model never sees an augmentation layer, so exported artifacts contain none.
 - backend "legacy": `LegacyAugment`, the real `tf.keras.preprocessing.image.ImageDataGenerator`
@@ -15,7 +16,13 @@ Why OpenCV: inside the same tf.data pipeline, `cv2.warpAffine` (SIMD bilinear re
 an image) cost less CPU per image than one `ImageProjectiveTransformV3` per batch and far less than
 the legacy generator (the measured figures, and `kerascnn bench augment`'s, are in
 docs/benchmarks.md). tf.data runs batches in parallel, so OpenCV's own thread pool is set to one
-thread: on images this small its per-call threading costs more than it gains.
+thread: on images this small its per-call threading costs more than it gains. What else the CPU
+profile showed, and what was done about it: at 28x28 each `numpy_function` call and each draw of
+transformations cost as much as warping a few dozen images, hence chunks of about a million pixel
+values a call; at 224x224 the warp's rotated reads from an image not in cache cost 2-3x the warp of
+a cached one, hence one sequential copy into a cache-resident buffer first. Resampling all the
+images of a chunk with one `cv2.remap` on the stacked batch saved under 1 us an image at 28x28 and
+cost 5x at 224x224, and TensorFlow's `ImageProjectiveTransformV3` cost 3-4x `warpAffine`: not used.
 
 Differences from ImageDataGenerator, all deliberate:
 - `width_shift_range` shifts horizontally by a fraction of the width and rotations/zooms turn about
@@ -138,10 +145,10 @@ def apply_transforms(images: np.ndarray, transforms: dict[str, np.ndarray], fill
     source, target = (images[..., 0], out[..., 0]) if channels == 1 else (images, out)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     border, fill = BORDER_MODES[fill_mode], (float(cval),) * 4
-    if source[0].nbytes < HOT_COPY_BYTES:
+    if images[:1].nbytes < HOT_COPY_BYTES:  # (also an empty batch)
         for image, matrix, result in zip(source, matrices, target):
-            cv2.warpAffine(image, matrix, (width, height), dst=result, flags=flags, borderMode=border,
-                           borderValue=fill)
+            # Positional arguments: at 28x28 parsing keywords was 12 % of the call.
+            cv2.warpAffine(image, matrix, (width, height), result, flags, border, fill)
     else:
         # A rotated read walks across the rows of an image that is not in cache: copying it first with
         # one sequential pass into a buffer that stays in L2 made the warp 2.4x cheaper at 224x224x3.
@@ -149,7 +156,7 @@ def apply_transforms(images: np.ndarray, transforms: dict[str, np.ndarray], fill
         hot = np.empty_like(source[0])
         for image, matrix, result in zip(source, matrices, target):
             np.copyto(hot, image)
-            cv2.warpAffine(hot, matrix, (width, height), dst=result, flags=flags, borderMode=border, borderValue=fill)
+            cv2.warpAffine(hot, matrix, (width, height), result, flags, border, fill)
     if transforms["channel_shift_intensity"] is not None:
         # IDG clips the shifted image to its own value range.
         low = out.min(axis=(1, 2, 3), keepdims=True)
