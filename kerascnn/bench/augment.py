@@ -10,10 +10,14 @@ training consumes them:
 - reference: the generator's `flow` iterator, a keras `PyDataset`, given the machine's cores the way a
   user can: `workers` = the number of cores and `use_multiprocessing=True`, read through Keras'
   `PyDatasetAdapter` (the `OrderedEnqueuer` that `model.fit` uses; its worker pool starts and stops
-  with each pass, as with each epoch of `fit`), batches taken as numpy arrays. `--reference threads`
-  (the same with a thread pool) and `serial` (one thread, no enqueuer) are the alternatives; with
-  scipy holding the GIL threads gain nothing, and processes were the fastest on 2 cores
-  (docs/benchmarks.md);
+  with each pass, as with each epoch of `fit`), batches taken as numpy arrays (skipping the tf.data
+  wrapper `fit` puts around them, which only adds work). The default because it is the one way a
+  user gives the generator a second core: its Python loop holds the GIL, so `--reference threads`
+  (the same enqueuer with a thread pool) and the generator inside a tf.data parallel map
+  (`numpy_function`) measured no faster than one thread. `--reference serial` (one thread, no
+  enqueuer) spends the least CPU per image: the worker processes pay for forking and for pickling
+  every batch back. Which is fastest in wall time depends on how much of the second core the
+  machine gives; docs/benchmarks.md has all three, and the lowest ratios are the ones to quote;
 - fast path: `FastAugment.augmented_batches` (what `kerascnn train` builds: batch, parallel augment
   map on all cores over chunks of batches, rebatch, prefetch) inside a TensorFlow graph, as
   `model.fit` reads it.
