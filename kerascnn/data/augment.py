@@ -140,7 +140,7 @@ def apply_transforms(images: np.ndarray, transforms: dict[str, np.ndarray], fill
     """
     height, width, channels = images.shape[1:]
     matrices = affine_matrices(transforms, (height, width))
-    out = np.empty_like(images)
+    out = aligned_empty_like(images)
     # OpenCV reads a one-channel image as (H, W); the views write straight into `out`.
     source, target = (images[..., 0], out[..., 0]) if channels == 1 else (images, out)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
@@ -161,10 +161,22 @@ def apply_transforms(images: np.ndarray, transforms: dict[str, np.ndarray], fill
         # IDG clips the shifted image to its own value range.
         low = out.min(axis=(1, 2, 3), keepdims=True)
         high = out.max(axis=(1, 2, 3), keepdims=True)
-        out = np.clip(out + transforms["channel_shift_intensity"].reshape(-1, 1, 1, 1).astype(out.dtype), low, high)
+        np.clip(out + transforms["channel_shift_intensity"].reshape(-1, 1, 1, 1).astype(out.dtype), low, high, out=out)
     if transforms["brightness"] is not None:
-        out = np.clip(out * transforms["brightness"].reshape(-1, 1, 1, 1).astype(out.dtype), 0, 255)
+        np.clip(out * transforms["brightness"].reshape(-1, 1, 1, 1).astype(out.dtype), 0, 255, out=out)
     return out
+
+
+def aligned_empty_like(array: np.ndarray, alignment: int = 64) -> np.ndarray:
+    """An uninitialised array like `array` whose data starts on an `alignment`-byte boundary.
+
+    TensorFlow takes a `numpy_function` result without copying it only when it is aligned as Eigen wants
+    (64 bytes); numpy aligns to 16, and the copy cost 35 us an image at 224x224x3. numpy has no aligned
+    allocation of its own, so the buffer is over-allocated by `alignment` bytes and sliced.
+    """
+    raw = np.empty(array.nbytes + alignment, np.uint8)
+    offset = -raw.ctypes.data % alignment
+    return raw[offset:offset + array.nbytes].view(array.dtype).reshape(array.shape)
 
 
 class FastAugment:
