@@ -20,7 +20,8 @@ thread: on images this small its per-call threading costs more than it gains. Wh
 profile showed, and what was done about it: at 28x28 each `numpy_function` call and each draw of
 transformations cost as much as warping a few dozen images, hence chunks of about a million pixel
 values a call; at 224x224 the warp's rotated reads from an image not in cache cost 2-3x the warp of
-a cached one, hence one sequential copy into a cache-resident buffer first. Resampling all the
+a cached one, hence one sequential copy into a cache-resident buffer first; and TensorFlow copied
+each result it was handed unless 64-byte aligned, hence an aligned output. Resampling all the
 images of a chunk with one `cv2.remap` on the stacked batch saved under 1 us an image at 28x28 and
 cost 5x at 224x224, and TensorFlow's `ImageProjectiveTransformV3` cost 3-4x `warpAffine`: not used.
 
