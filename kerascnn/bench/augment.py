@@ -163,7 +163,7 @@ def bench_augment(args) -> dict:
         "legacy_images_per_s": round(1 / legacy_wall, 1),
         "fast_images_per_s": round(1 / fast_wall, 1),
         "wall_ratio": round(legacy_wall / fast_wall, 2),
-        "legacy_cpu_us_per_image": round(legacy_cpu * 1e6, 1),
-        "fast_cpu_us_per_image": round(fast_cpu * 1e6, 1),
+        "legacy_cpu_us_per_image": round(legacy_cpu * 1e6, 2),
+        "fast_cpu_us_per_image": round(fast_cpu * 1e6, 2),
         "cpu_ratio": round(legacy_cpu / fast_cpu, 2),
     }
