@@ -4,6 +4,8 @@ both backends in training, no augmentation in exported models, the preview and t
 from __future__ import annotations
 
 import json
+import multiprocessing
+import time
 import tomllib
 
 import numpy as np
@@ -12,9 +14,11 @@ import tensorflow as tf
 from PIL import Image
 from scipy import ndimage
 
+from kerascnn.bench.augment import cpu_seconds
 from kerascnn.cli import main
 from kerascnn.config import AugmentConfig, RunConfig, TrainConfig, config_from_dict, load_config
-from kerascnn.data.augment import (FastAugment, LegacyAugment, apply_transforms, make_augment,
+from kerascnn.data import augment as augment_module
+from kerascnn.data.augment import (COURSE_AUGMENTATION, FastAugment, LegacyAugment, apply_transforms, make_augment,
                                    sample_transforms)
 from kerascnn.data.datasets import ImageData, from_arrays, load_data
 from kerascnn.data.pipeline import batches
@@ -302,9 +306,55 @@ def test_augment_preview_refuses_unknown_image_format(tmp_path, capsys):
     assert ".png" in capsys.readouterr().err
 
 
-def test_bench_reports_both_rates_and_their_ratio(capsys):
-    assert main(["bench", "augment", "--size", "28", "--images", "128", "--rounds", "1", "--json"]) == 0
+@pytest.mark.parametrize("reference", ["processes", "serial"])
+def test_bench_reports_wall_and_cpu_ratios_against_the_same_core_reference(capsys, reference):
+    assert main(["bench", "augment", "--size", "28", "--images", "128", "--rounds", "2", "--workers", "2",
+                 "--reference", reference, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["legacy_images_per_s"] > 0 and result["fast_images_per_s"] > 0
-    assert result["ratio"] == pytest.approx(result["fast_images_per_s"] / result["legacy_images_per_s"], abs=0.01)
+    assert result["reference"] == reference and result["reference_workers"] == (2 if reference == "processes" else 1)
+    assert result["wall_ratio"] == pytest.approx(result["fast_images_per_s"] / result["legacy_images_per_s"], rel=0.01)
+    assert result["cpu_ratio"] == pytest.approx(result["legacy_cpu_us_per_image"] / result["fast_cpu_us_per_image"],
+                                                rel=0.01)
+    # With worker processes the augmenting happens in children: their CPU time must be counted.
+    assert result["legacy_cpu_us_per_image"] > 20 and result["fast_cpu_us_per_image"] > 0
     assert result["image_shape"] == [28, 28, 1] and result["images"] == 128
+
+
+def test_cpu_seconds_count_finished_child_processes():
+    before = cpu_seconds()
+    child = multiprocessing.get_context("fork").Process(target=busy, args=(0.3,))
+    child.start()
+    child.join()
+    assert cpu_seconds() - before >= 0.2  # the parent only waited
+
+
+def busy(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+# --- the fast path's pipeline ------------------------------------------------------------------------
+
+def test_augmented_batches_are_the_same_batches_as_batch_with_each_image_augmented():
+    images = np.random.default_rng(0).integers(0, 256, (100, 8, 8, 1)).astype(np.float32)
+    labels = np.arange(100, dtype=np.int32)
+    augment = FastAugment(AugmentConfig(horizontal_flip=True), seed=3)
+    source = tf.data.Dataset.from_tensor_slices((images, labels))
+    batches_seen = list(augment.augmented_batches(source, 7).as_numpy_iterator())
+    assert [len(batch_labels) for _, batch_labels in batches_seen] == [7] * 14 + [2]  # as source.batch(7)
+    augmented = np.concatenate([batch_images for batch_images, _ in batches_seen])
+    np.testing.assert_array_equal(np.concatenate([batch_labels for _, batch_labels in batches_seen]), labels)
+    flipped = np.array([np.array_equal(out, image[:, ::-1]) for out, image in zip(augmented, images)])
+    kept = np.array([np.array_equal(out, image) for out, image in zip(augmented, images)])
+    assert (flipped | kept).all() and 20 < flipped.sum() < 80
+
+
+def test_large_images_warp_the_same_through_the_cache_resident_copy(monkeypatch):
+    images = np.repeat(smooth_pattern(160, 160)[None], 3, axis=0)
+    assert images[:1].nbytes >= augment_module.HOT_COPY_BYTES
+    transforms = sample_transforms(COURSE_AUGMENTATION, 3, (160, 160), np.random.default_rng(1))
+    copied = apply_transforms(images, transforms)
+    assert copied.ctypes.data % 64 == 0  # TensorFlow takes it without another copy
+    monkeypatch.setattr(augment_module, "HOT_COPY_BYTES", images[:1].nbytes + 1)
+    np.testing.assert_array_equal(copied, apply_transforms(images, transforms))

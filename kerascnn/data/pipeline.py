@@ -21,15 +21,19 @@ def batches(ds: tf.data.Dataset, batch_size: int, num_classes: int | None = None
         num_classes: if given, labels become one-hot vectors (what label smoothing needs).
         training: shuffle (seeded, reshuffled each epoch) and apply `augment`.
         cache: keep the decoded elements in memory after the first pass.
-        augment: a function (images, labels) -> (images, labels) applied to training batches.
+        augment: a function (images, labels) -> (images, labels) applied to training batches; one with
+            `augmented_batches(ds, batch_size)` (FastAugment) batches and augments the training set itself.
     """
     if cache:
         ds = ds.cache()
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if training and augment is not None:
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and hasattr(augment, "augmented_batches"):  # FastAugment: per-image work on chunks of batches
+        ds = augment.augmented_batches(ds, batch_size)
+    else:
+        ds = ds.batch(batch_size)
+        if training and augment is not None:
+            ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     if num_classes is not None:
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
