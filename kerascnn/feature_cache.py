@@ -63,9 +63,10 @@ class CachePlan:
         setting = {True: "true", False: "false"}.get(self.setting, self.setting)
         if not self.cached:
             return f"feature cache: off, {self.reason} (train.cache_features = {setting})"
+        where = "in memory" if cache.storage == "memory" else f"on disk in {cache.folder}"
         return (f"feature cache: on, the frozen backbone ran once over {cache.images} images in "
-                f"{cache.seconds:.1f} s and the head trains on {cache.bytes / 1e6:.1f} MB of features in "
-                f"{cache.storage} (train.cache_features = {setting})")
+                f"{cache.seconds:.1f} s and the head trains on {cache.bytes / 1e6:.1f} MB of features {where} "
+                f"(train.cache_features = {setting})")
 
 
 def feature_network_split(model: keras.Model) -> int | None:
@@ -77,9 +78,17 @@ def feature_network_split(model: keras.Model) -> int | None:
     return names.index(POOL_LAYER)
 
 
-def _random_in_training(layer: keras.layers.Layer) -> bool:
-    """Whether `layer` draws random numbers (a Random* preprocessing layer, Dropout, GaussianNoise...)."""
-    return any(isinstance(value, keras.random.SeedGenerator) for value in vars(layer).values())
+def _random_layers(layers) -> list[str]:
+    """Names of the layers, nested ones included, that draw random numbers in training (Random* preprocessing
+    layers, Dropout, GaussianNoise, EfficientNet's drop-connect...)."""
+    names = []
+    for layer in layers:
+        if isinstance(layer, keras.layers.Dropout) and layer.rate == 0:
+            continue
+        if any(isinstance(value, keras.random.SeedGenerator) for value in vars(layer).values()):
+            names.append(layer.name)
+        names += _random_layers(getattr(layer, "layers", []))
+    return names
 
 
 def _why_not(model: keras.Model, split: int, augment, strategy) -> str | None:
@@ -91,8 +100,9 @@ def _why_not(model: keras.Model, split: int, augment, strategy) -> str | None:
                 f"fine_tune's second phase)")
     if augment is not None:
         return "augmentation is on, so the backbone must see every augmented image"
-    # The backbone itself is called with training=False, so its own random layers never act.
-    random = [layer.name for layer in features if layer.name != BACKBONE_LAYER and _random_in_training(layer)]
+    # The backbone is called with training=False, but Keras 3 passes fit's training=True on to every layer
+    # inside it (`keras.src.models.functional.operation_fn`), so its Dropout layers act in training too.
+    random = _random_layers(features)
     if random:
         return f"layer {random[0]!r} before the head is random in training"
     if strategy_name(strategy) != "default":
@@ -192,12 +202,13 @@ class FeatureCache:
 
     Attributes: `head` (a model from the pooled features to the probabilities, sharing the whole
     network's layers), `train` and `validation` (unbatched (features, label) datasets), `storage`
-    ("memory" or "disk"), `bytes`, `images` and `seconds` (the one pass of the backbone).
+    ("memory" or "disk"), `folder` (where features on disk are; None in memory), `bytes`, `images` and
+    `seconds` (the one pass of the backbone).
     Use it as a context manager, or call `close()`, to remove features written to disk.
     """
 
     def __init__(self, model: keras.Model, data: ImageData, batch_size: int, run_dir: Path | None = None,
-                 memory_limit: int = MEMORY_LIMIT_BYTES):
+                 memory_limit: int | None = None):
         split = feature_network_split(model)
         pooled = model.layers[split].output
         self.network = model
@@ -206,15 +217,16 @@ class FeatureCache:
         self.images = data.counts.get("train", 0) + data.counts.get("validation", 0)
         item = math.prod(pooled.shape[1:]) * np.dtype(pooled.dtype).itemsize
         self.bytes = self.images * item
-        self.storage = "memory" if self.bytes <= memory_limit else "disk"
-        self._folder = None
+        self.storage = "memory" if self.bytes <= (MEMORY_LIMIT_BYTES if memory_limit is None else memory_limit) \
+            else "disk"
+        self.folder = None
         if self.storage == "disk":
             if run_dir is not None:
-                self._folder = Path(run_dir) / STAGING_NAME
-                shutil.rmtree(self._folder, ignore_errors=True)
-                self._folder.mkdir(parents=True)
+                self.folder = Path(run_dir) / STAGING_NAME
+                shutil.rmtree(self.folder, ignore_errors=True)
+                self.folder.mkdir(parents=True)
             else:
-                self._folder = Path(tempfile.mkdtemp(prefix="kerascnn-features-"))
+                self.folder = Path(tempfile.mkdtemp(prefix="kerascnn-features-"))
         start = time.perf_counter()
         try:
             self.train = self._cache(data.train, "train", batch_size)
@@ -255,7 +267,7 @@ class FeatureCache:
         return tf.data.Dataset.from_tensor_slices((features, labels))
 
     def _save(self, split: tf.data.Dataset, pairs: list, name: str) -> tf.data.Dataset:
-        path = str(self._folder / name)
+        path = str(self.folder / name)
         self._slices(split, pairs).save(path)
         return tf.data.Dataset.load(path)
 
@@ -271,8 +283,8 @@ class FeatureCache:
 
     def close(self) -> None:
         """Remove features written to disk (nothing to do for features in memory)."""
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> "FeatureCache":
         return self
