@@ -2,6 +2,8 @@
 image, features spilled to disk and cleaned up, the whole network exported with parity, and caching off
 (said in one line and in the manifest) wherever the backbone must see every epoch's images."""
 
+import json
+
 import keras
 import numpy as np
 import pandas as pd
@@ -191,3 +193,17 @@ def test_a_bad_setting_is_one_line_with_the_fix(tmp_path, capsys):
     assert code == 2 and "\n" not in message
     assert "train.cache_features must be auto, true or false, got 'yes'" in message
     assert not any(tmp_path.iterdir())
+
+
+def test_bench_cache_times_both_paths_side_by_side(capsys):
+    """`kerascnn bench cache` at a tiny size: both trainings end in the same model, and the figures it prints
+    are the ones docs/benchmarks.md quotes."""
+    code = cli.main(["bench", "cache", "--json", "--size", "32", "--images", "30", "--epochs", "2",
+                     "--batch-size", "8"])
+    results = json.loads(capsys.readouterr().out)
+    assert code == 0 and results["backbone"] == "mobilenet_v3_small"
+    assert results["speedup"] == pytest.approx(results["uncached.seconds_per_epoch"] /
+                                               results["cached.seconds_per_epoch"], abs=0.01)
+    assert results["cached.accuracy"] == results["uncached.accuracy"]
+    assert results["max_abs_diff_probabilities"] <= 1e-5
+    assert results["cached.feature_bytes"] == (results["train_images"] + results["validation_images"]) * 576 * 4
