@@ -58,6 +58,14 @@ class CachePlan:
     reason: str
     setting: bool | str = "auto"
 
+    def record(self, cache: "FeatureCache | None" = None) -> dict:
+        """What the manifest keeps about the fit: the decision, and the features' size and storage if cached."""
+        record = {"cached": self.cached, "reason": self.reason, "setting": self.setting}
+        if cache is not None:
+            record.update(storage=cache.storage, bytes=int(cache.bytes), images=int(cache.images),
+                          extract_seconds=round(cache.seconds, 3))
+        return record
+
     def message(self, cache: "FeatureCache | None" = None) -> str:
         """The one line a run prints about it."""
         setting = {True: "true", False: "false"}.get(self.setting, self.setting)
@@ -213,6 +221,10 @@ class FeatureCache:
         pooled = model.layers[split].output
         self.network = model
         self.extractor = keras.Model(model.inputs, pooled, name=f"{model.name}_features")
+        # One trace for every batch size of both splits (Keras' predict_on_batch traces again for a last,
+        # smaller batch); inference mode, as the frozen network runs at export.
+        self._extract = tf.function(lambda images: self.extractor(images, training=False), input_signature=[
+            tf.TensorSpec((None, *model.inputs[0].shape[1:]), model.inputs[0].dtype)])
         self.head = keras.Model(pooled, model.outputs, name=f"{model.name}_head")  # the same layer objects
         self.images = data.counts.get("train", 0) + data.counts.get("validation", 0)
         item = math.prod(pooled.shape[1:]) * np.dtype(pooled.dtype).itemsize
@@ -239,7 +251,7 @@ class FeatureCache:
     def _batches(self, split: tf.data.Dataset, batch_size: int):
         """(features, labels) numpy batches: the backbone's one pass over `split`."""
         for images, labels in split.batch(batch_size).prefetch(tf.data.AUTOTUNE):
-            yield np.asarray(self.extractor.predict_on_batch(images)), labels.numpy()
+            yield self._extract(tf.cast(images, self._extract.input_signature[0].dtype)).numpy(), labels.numpy()
 
     def _cache(self, split: tf.data.Dataset, name: str, batch_size: int) -> tf.data.Dataset:
         """`split`'s (features, label) elements: in memory, or saved to disk in chunks of at most
@@ -275,11 +287,6 @@ class FeatureCache:
         """`callbacks` for the head's fit: those that save or restore the model act on the whole network."""
         return [WholeNetwork(callback, self.network) if isinstance(callback, WHOLE_NETWORK_CALLBACKS) else callback
                 for callback in callbacks]
-
-    def record(self, plan: CachePlan) -> dict:
-        """What the manifest keeps about this cache."""
-        return {"cached": True, "reason": plan.reason, "setting": plan.setting, "storage": self.storage,
-                "bytes": int(self.bytes), "images": int(self.images), "extract_seconds": round(self.seconds, 3)}
 
     def close(self) -> None:
         """Remove features written to disk (nothing to do for features in memory)."""

@@ -217,8 +217,7 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
     finally:
         if features is not None:
             features.close()
-    cache_record = [features.record(cache_plan) if features else
-                    {"cached": False, "reason": cache_plan.reason, "setting": cache_plan.setting}] if cache_plan else []
+    cache_record = [cache_plan.record(features)] if cache_plan else []
     seconds = time.perf_counter() - start + (continue_from.train_seconds if continue_from else 0.0)
     if run_dir is not None and (run_dir / HISTORY_FILE).is_file():  # every epoch, those before a resume included
         frame = pd.read_csv(run_dir / HISTORY_FILE)

@@ -60,6 +60,7 @@ def run_cache(args) -> dict:
     from kerascnn.models.transfer import BACKBONES, build_backbone, build_transfer_model, preprocessing_layers
     from kerascnn.training import train
 
+    keras.utils.set_random_seed(args.seed)  # the backbone's random weights too
     x, y = tinted_images(args.images, args.size, args.seed)
     data = from_arrays(x, y, class_names=list(CLASS_NAMES), seed=args.seed)
     test_images = np.concatenate([batch for batch, _ in data.test.batch(256).as_numpy_iterator()]).astype("float32")
