@@ -212,3 +212,32 @@ def test_bench_cache_times_both_paths_side_by_side(capsys):
     assert results["cached.accuracy"] == results["uncached.accuracy"]
     assert results["max_abs_diff_probabilities"] <= 1e-5
     assert results["cached.feature_bytes"] == (results["train_images"] + results["validation_images"]) * 576 * 4
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Ctrl-C after one batch of one epoch (the crash backup of that batch is already written)."""
+
+    def __init__(self, epoch: int, batch: int):
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.current, batch) == (self.epoch, self.batch):
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_cached_fit_resumes_with_the_heads_optimizer_state(tiny_data, cnn_weights, tmp_path):
+    config = TrainConfig(epochs=3, batch_size=8, verbose=0, tensorboard=False, backup_every=1)
+    build = lambda: build_transfer_model("cnn", (8, 8, 1), 3, "truncate", cnn_weights, cut_at=CUT, **CNN)  # noqa
+    with pytest.raises(KeyboardInterrupt):
+        train(build(), tiny_data, config, tmp_path, extra_callbacks=[InterruptAt(1, 1)])
+    model = build()
+    result = train(model, tiny_data, config, tmp_path, resume=True)
+    steps = -(-tiny_data.counts["train"] // 8)
+    assert result.feature_cache[0]["cached"] and list(result.history["epoch"]) == [0, 1, 2]
+    assert int(model.optimizer.iterations) > 2 * steps  # the backup's step count and moments came back
+    best = keras.saving.load_model(tmp_path / "checkpoints" / "best.keras")
+    assert best.input_shape == (None, 8, 8, 1) and "backbone" in [layer.name for layer in best.layers]
