@@ -227,7 +227,7 @@ class FeatureCache:
             tf.TensorSpec((None, *model.inputs[0].shape[1:]), model.inputs[0].dtype)])
         self.head = keras.Model(pooled, model.outputs, name=f"{model.name}_head")  # the same layer objects
         self.images = data.counts.get("train", 0) + data.counts.get("validation", 0)
-        item = math.prod(pooled.shape[1:]) * np.dtype(pooled.dtype).itemsize
+        item = math.prod(pooled.shape[1:]) * tf.as_dtype(pooled.dtype).size  # 2 bytes a value in mixed precision
         self.bytes = self.images * item
         self.storage = "memory" if self.bytes <= (MEMORY_LIMIT_BYTES if memory_limit is None else memory_limit) \
             else "disk"
@@ -274,7 +274,8 @@ class FeatureCache:
             features, labels = (np.concatenate(part) for part in zip(*pairs))
         else:  # an empty split (e.g. no validation images)
             label_spec = split.element_spec[1]
-            features = np.zeros((0, *self.extractor.output.shape[1:]), self.extractor.output.dtype)
+            feature_dtype = tf.as_dtype(self.extractor.output.dtype).as_numpy_dtype
+            features = np.zeros((0, *self.extractor.output.shape[1:]), feature_dtype)
             labels = np.zeros((0, *label_spec.shape), label_spec.dtype.as_numpy_dtype)
         return tf.data.Dataset.from_tensor_slices((features, labels))
 
