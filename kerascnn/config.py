@@ -324,6 +324,12 @@ class TrainConfig:
         class_weight: weigh each training image's loss by its class: balanced (scikit-learn's
             n_samples / (n_classes * count)) or a table {class name = weight}; single-label only
             (default: none, every class 1).
+        cache_features: auto | true | false: train a frozen backbone's head on features computed once per
+            image (kerascnn.feature_cache) instead of running the backbone every epoch; the exported model
+            is still the whole network. auto caches when nothing before the head changes between epochs
+            (backbone frozen, no augmentation, one device) and says why not otherwise; true makes a
+            configuration that cannot cache an error; fine_tune caches its first, frozen phase only
+            (default auto).
     """
 
     epochs: int = 20
@@ -345,6 +351,7 @@ class TrainConfig:
     jit_compile: bool = False
     backup_every: int = 100
     class_weight: dict | str | None = None
+    cache_features: bool | str = "auto"
 
     def __post_init__(self):
         _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
@@ -382,6 +389,9 @@ class TrainConfig:
             _check(all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
                        for w in self.class_weight.values()) and any(w > 0 for w in self.class_weight.values()),
                    f"train.class_weight must map class names to finite weights >= 0, got {self.class_weight!r}")
+        _check(isinstance(self.cache_features, bool) or self.cache_features == "auto",
+               f"train.cache_features must be auto, true or false, got {self.cache_features!r}"
+               f"{suggest(str(self.cache_features), ['auto', 'true', 'false'])}")
 
 
 EXPORT_FORMATS = ("keras", "h5", "saved_model", "tflite", "onnx")

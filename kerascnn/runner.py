@@ -39,6 +39,7 @@ from kerascnn.errors import ConfigError, ModelLoadError, PartialExport, first_li
 from kerascnn.evaluation import (classification_metrics, evaluate, positive_class_index, predict_function,
                                  predict_split, validation_thresholds)
 from kerascnn.export import export, unsupported_artifacts
+from kerascnn.feature_cache import check_setting as check_cache_setting
 from kerascnn.flops import machine_gflops_once, training_record
 from kerascnn.lr_find import CSV_FILE as LR_FIND_CSV
 from kerascnn.lr_find import PLOT_FILE as LR_FIND_PLOT
@@ -140,6 +141,7 @@ def check_config(config: RunConfig) -> RunConfig:
         check_transfer(config.model.backbone, config.model.transfer, config.model.weights)
     else:
         check_builder_options(config.model.name, config.model.options)
+    check_cache_setting(config)
     if config.model.transfer == "fine_tune":  # its two phases must both be valid TrainConfigs
         fine_tune_configs(config.train if config.train.learning_rate != LR_FIND else
                           dataclasses.replace(config.train, learning_rate=1e-3))  # "find" is a number by then
@@ -294,6 +296,8 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
             artifacts, failed, partial_error = exc.artifacts, exc.failed, exc
         distribution = {"strategy": strategy_name(strategy), "num_replicas_in_sync": result.num_replicas_in_sync,
                         "global_batch_size": result.global_batch_size, "precision": dtype_policy.to_dict()}
+        if result.feature_cache:
+            distribution["feature_cache"] = result.feature_cache
         if finder is not None:
             distribution["learning_rate"] = {"value": config.train.learning_rate, "found_by": finder.summary()}
         manifest = run_manifest(run_dir, config, data, test_metrics, result.train_seconds, result.epochs_run,

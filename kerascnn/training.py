@@ -27,6 +27,7 @@ from kerascnn.data.sampling import balanced, class_weights, split_labels, with_c
 from kerascnn.distribute import (distribute_dataset, fit_distributed, global_batch_size, needs_custom_loop,
                                  strategy_name)
 from kerascnn.errors import ConfigError, TrainingError
+from kerascnn.feature_cache import FeatureCache, plan_cache
 from kerascnn.models.transfer import DEFAULT_UNFREEZE, unfreeze_top
 from kerascnn.resume import (AtomicBackupAndRestore, AtomicModelCheckpoint, ResumableEarlyStopping, ResumeState,
                              TrainedModelSaver, resume_state)
@@ -44,6 +45,7 @@ class TrainResult:
     epochs_run: int
     num_replicas_in_sync: int = 1
     global_batch_size: int | None = None
+    feature_cache: list[dict] = dataclasses.field(default_factory=list)  # one entry a fit of a transfer model
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
@@ -72,12 +74,13 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
 
 
 def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int,
-                  multi_label: bool = False) -> keras.Model:
+                  multi_label: bool = False, optimizer: keras.optimizers.Optimizer | None = None) -> keras.Model:
     """Compile for one-hot labels: categorical cross-entropy (label smoothing) and accuracy; for
     multi-hot labels (`multi_label`): binary cross-entropy, binary accuracy and multi-label ROC AUC.
 
     `config.jit_compile` forces XLA; otherwise Keras decides ("auto": XLA on one GPU, never on CPU).
-    A mixed_float16 model gets Keras' LossScaleOptimizer automatically.
+    A mixed_float16 model gets Keras' LossScaleOptimizer automatically. `optimizer`: one to share
+    (a cached-feature head trains with its whole network's, so the network saves its state); default a new one.
     """
     if multi_label:
         loss = keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing)
@@ -85,7 +88,7 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int,
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
         metrics = ["accuracy"]
-    model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=loss, metrics=metrics,
+    model.compile(optimizer=optimizer or make_optimizer(config, steps_per_epoch), loss=loss, metrics=metrics,
                   jit_compile=True if config.jit_compile else "auto")
     return model
 
@@ -145,6 +148,8 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
 
     `config.class_weight` weighs each training image's loss by its class (as Keras sample weights);
     multi-label data (`data.multi_label`) train on multi-hot labels with binary cross-entropy.
+    A transfer model whose backbone is frozen trains its head on features computed once per image when
+    `config.cache_features` allows it (kerascnn.feature_cache); one line says whether it did, and why.
 
     The model trains under the tf.distribute strategy it was built in (`model.distribute_strategy`):
     `config.batch_size` is per replica, and each step takes that times the number of replicas.
@@ -162,11 +167,12 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
     weights = class_weights(train_labels, config.class_weight, data.class_names) \
         if config.class_weight is not None else None
     num_classes = None if data.multi_label else data.num_classes
+    cache_plan = plan_cache(model, config.cache_features, augment, strategy)
     if config.verbose and continue_from is None:  # said once, not again for fine_tune's second phase
         print(f"strategy {strategy_name(strategy)}: {strategy.num_replicas_in_sync} replica(s), global batch "
               f"{global_batch} = {config.batch_size} per replica x {strategy.num_replicas_in_sync}")
 
-    def train_batches(ds, batch_size):
+    def train_batches(ds, batch_size, cache=cache):
         if hasattr(augment, "training_batches"):  # the legacy ImageDataGenerator serves its own batches
             return augment.training_batches(data, batch_size, seed)
         if sampling == "balanced":
@@ -175,7 +181,7 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
                         shuffle_buffer=shuffle_buffer, augment=augment)
         return ready if weights is None else with_class_weights(ready, weights)
 
-    def validation_batches(ds, batch_size):
+    def validation_batches(ds, batch_size, cache=cache):
         return batches(ds, batch_size, num_classes, cache=cache)
 
     run_dir = Path(run_dir) if run_dir else None
@@ -185,16 +191,33 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
     first_epoch = continue_from.epochs_run if continue_from else 0
     callbacks = make_callbacks(config, run_dir, state, continue_from) + list(extra_callbacks or [])
     start = time.perf_counter()
-    if needs_custom_loop(strategy):
-        history = fit_distributed(model, distribute_dataset(strategy, data.train, train_batches, global_batch, True),
-                                  distribute_dataset(strategy, data.validation, validation_batches, global_batch),
-                                  epochs=first_epoch + config.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                                  verbose=config.verbose, initial_epoch=first_epoch)
-    else:
-        history = model.fit(train_batches(data.train, global_batch),
-                            validation_data=validation_batches(data.validation, global_batch),
-                            initial_epoch=first_epoch, epochs=first_epoch + config.epochs, verbose=config.verbose,
-                            shuffle=False, callbacks=callbacks)
+    features = FeatureCache(model, data, global_batch, run_dir) if cache_plan and cache_plan.cached else None
+    if cache_plan is not None and config.verbose:
+        print(cache_plan.message(features))
+    try:
+        if needs_custom_loop(strategy):
+            history = fit_distributed(model, distribute_dataset(strategy, data.train, train_batches, global_batch,
+                                                                True),
+                                      distribute_dataset(strategy, data.validation, validation_batches, global_batch),
+                                      epochs=first_epoch + config.epochs, steps_per_epoch=steps, callbacks=callbacks,
+                                      verbose=config.verbose, initial_epoch=first_epoch)
+        elif features is not None:  # the head's own fit; the cached features are already in memory or on disk
+            with strategy.scope():
+                compile_model(features.head, config, steps, data.multi_label, optimizer=model.optimizer)
+            history = features.head.fit(train_batches(features.train, global_batch, cache=False),
+                                        validation_data=validation_batches(features.validation, global_batch,
+                                                                           cache=False),
+                                        initial_epoch=first_epoch, epochs=first_epoch + config.epochs,
+                                        verbose=config.verbose, shuffle=False, callbacks=features.bind(callbacks))
+        else:
+            history = model.fit(train_batches(data.train, global_batch),
+                                validation_data=validation_batches(data.validation, global_batch),
+                                initial_epoch=first_epoch, epochs=first_epoch + config.epochs, verbose=config.verbose,
+                                shuffle=False, callbacks=callbacks)
+    finally:
+        if features is not None:
+            features.close()
+    cache_record = [cache_plan.record(features)] if cache_plan else []
     seconds = time.perf_counter() - start + (continue_from.train_seconds if continue_from else 0.0)
     if run_dir is not None and (run_dir / HISTORY_FILE).is_file():  # every epoch, those before a resume included
         frame = pd.read_csv(run_dir / HISTORY_FILE)
@@ -212,7 +235,8 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
                             f"the likely cause: lower train.learning_rate (--learning-rate), or check the input "
                             f"data; {kept}")
     return TrainResult(history=frame, train_seconds=seconds, epochs_run=len(frame),
-                       num_replicas_in_sync=strategy.num_replicas_in_sync, global_batch_size=global_batch)
+                       num_replicas_in_sync=strategy.num_replicas_in_sync, global_batch_size=global_batch,
+                       feature_cache=(continue_from.feature_cache if continue_from else []) + cache_record)
 
 
 def fine_tune_configs(config: TrainConfig) -> tuple[TrainConfig, TrainConfig]:
@@ -224,15 +248,18 @@ def fine_tune_configs(config: TrainConfig) -> tuple[TrainConfig, TrainConfig]:
                           f"fine-tunes: it needs train.epochs >= 2 and train.warmup_epochs < {head_epochs} "
                           f"(got epochs {config.epochs}, warmup_epochs {config.warmup_epochs})")
     return (dataclasses.replace(config, epochs=head_epochs),
+            # cache_features = true holds for the frozen phase; the second trains the backbone, so it cannot cache
             dataclasses.replace(config, epochs=config.epochs - head_epochs, warmup_epochs=0,
-                                learning_rate=config.learning_rate * FINE_TUNE_RATE_FACTOR))
+                                learning_rate=config.learning_rate * FINE_TUNE_RATE_FACTOR,
+                                cache_features="auto" if config.cache_features is True else config.cache_features))
 
 
 def fine_tune(model: keras.Model, data: ImageData, config: TrainConfig | None = None, run_dir: Path | None = None,
               unfreeze: int | None = None, **train_options) -> TrainResult:
     """Train a transfer model in two phases recorded as one history (fastai's `fine_tune` recipe).
 
-    Phase 1 trains the head with the backbone frozen for the first half of `config.epochs`; phase 2
+    Phase 1 trains the head with the backbone frozen for the first half of `config.epochs` (on cached
+    features when `config.cache_features` allows it, as `train` does); phase 2
     unfreezes the backbone's top `unfreeze` layers (BatchNormalization stays frozen and in inference
     mode) and trains the rest of the epochs at learning rate x 0.1, without warm-up. Epoch numbers,
     history.csv and the best checkpoint carry on from phase 1.

@@ -13,7 +13,7 @@ from typing import Callable
 
 BENCH_MODULES = ("kerascnn.bench.augment", "kerascnn.bench.predict", "kerascnn.bench.serve", "kerascnn.bench.train",
                  "kerascnn.bench.transfer", "kerascnn.bench.imbalance",
-                 "kerascnn.bench.audit")  # imported lazily by the CLI
+                 "kerascnn.bench.audit", "kerascnn.bench.cache")  # imported lazily by the CLI
 
 
 @dataclasses.dataclass(frozen=True)

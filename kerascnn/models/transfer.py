@@ -39,6 +39,7 @@ from kerascnn.safety import load_keras_model
 
 DEFAULT_UNFREEZE = 20  # as in the Keras fine-tuning guide: the top 20 layers
 BACKBONE_LAYER = "backbone"
+POOL_LAYER = "pool"  # the head's first layer: everything after it trains, everything up to it is the feature network
 CNN_FEATURES_LAYER = "conv_dropout"  # the `cnn` builder's last feature map, before Flatten and the dense head
 HEAD_OPTIONS = {"dropout": 0.2, "size": None, "pooling": None}
 # How the head turns the backbone's feature maps into a vector: Keras applications' own `pooling="avg"`,
@@ -398,7 +399,7 @@ def build_transfer_model(backbone: str, input_shape, num_classes: int, transfer:
         x = layer(x)
     # training=False keeps BatchNormalization in inference mode even once layers are unfrozen (fine_tune).
     x = network(x, training=False) if pretrained else network(x)
-    x = POOLING_LAYERS[pooling or row.pooling](name="pool")(x)
+    x = POOLING_LAYERS[pooling or row.pooling](name=POOL_LAYER)(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(images, outputs, name=f"{backbone}_{transfer}")
