@@ -80,6 +80,6 @@ def serve(path: str | Path, model_name: str | None = None, host: str = "127.0.0.
         server.run()
     finally:
         if grpc_server is not None:
-            grpc_server.stop(DRAIN_SECONDS)
+            grpc_server.stop(DRAIN_SECONDS).wait()
         store.close()
         print("server stopped", file=sys.stderr, flush=True)
