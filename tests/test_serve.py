@@ -451,3 +451,32 @@ def test_only_integer_folders_inside_the_root_are_versions(tmp_path):
     (root / "4").mkdir()  # no saved_model.pb yet
     (root / "5").symlink_to(outside, target_is_directory=True)
     assert version_folders(root) == {1: root / "1"}
+
+
+def test_requests_of_one_loop_turn_share_one_model_call():
+    """Coroutines submitting in the same turn of the event loop are merged; each gets its own rows back."""
+    import asyncio
+
+    from kerascnn.serve.batching import Batcher
+
+    calls = []
+
+    def call(inputs):
+        calls.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+
+    batcher = Batcher(call, max_batch_size=4)
+
+    async def clients():
+        together = await asyncio.gather(*[batcher.submit_async({"x": np.full((1, 3), i, np.float32)}) for i in range(6)])
+        alone = await batcher.submit_async({"x": np.full((2, 3), 7, np.float32)})
+        return together, alone
+
+    try:
+        together, alone = asyncio.run(clients())
+        threaded = batcher.submit({"x": np.ones((1, 3), np.float32)}).result(timeout=10)
+    finally:
+        batcher.close()
+    assert [answer["y"].tolist() for answer in together] == [[[2.0 * i] * 3] for i in range(6)]
+    assert alone["y"].tolist() == [[14.0] * 3] * 2 and threaded["y"].tolist() == [[2.0] * 3]
+    assert calls == [4, 2, 2, 1]  # six requests of one turn in two calls (max 4 rows), then one call each

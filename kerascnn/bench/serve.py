@@ -2,9 +2,11 @@
 in-process signature call.
 
 The server runs as its own process (`python -m kerascnn serve RUN`, default batching), as a user
-would start it. For 1, 8 and 32 concurrent clients (threads, each with its own keep-alive HTTP
-connection or gRPC channel) sending batch-1 raw-pixel requests to `serving_default`, it reports
-requests/s and p50/p99 latency; the in-process reference calls the newest SavedModel version's
+would start it. For 1, 8 and 32 concurrent clients (threads, each with its own keep-alive
+connection: the standard library's http.client, or a gRPC channel) sending batch-1 raw-pixel
+requests to `serving_default`, it reports requests/s, p50/p99 latency, and the CPU milliseconds
+per request of the server process and of the clients (this process), so a reader can tell whose
+work bounds a row. The in-process reference calls the newest SavedModel version's
 `serving_default` signature on the same images, one at a time. Targets: with batching, throughput
 at 32 clients >= 4x throughput at 1 (`*.c32_over_c1`); at 1 client, p50 REST latency <= the
 in-process p50 + 3 ms (`rest.c1_p50_minus_in_process_ms`).
@@ -65,8 +67,20 @@ def _start_server(run_dir: Path, port: int, grpc_port: int, args) -> subprocess.
     raise KerasCNNError("the server did not answer within 300 s")
 
 
-def _load(clients: int, requests: int, make_client, images: np.ndarray) -> dict:
-    """Run `clients` threads, each calling its own `make_client()` callable on batch-1 images."""
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) of process `pid` so far, from /proc (None where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load(clients: int, requests: int, make_client, images: np.ndarray, server_pid: int | None = None) -> dict:
+    """Run `clients` threads, each calling its own `make_client()` callable on batch-1 images.
+
+    With `server_pid`, also the server's and this process's (the clients') CPU milliseconds per request.
+    """
     per_client = max(1, requests // clients)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[BaseException] = []
@@ -92,27 +106,44 @@ def _load(clients: int, requests: int, make_client, images: np.ndarray) -> dict:
         ready.wait()
     except threading.BrokenBarrierError:
         pass  # a client failed before timing; reported below
-    started = time.perf_counter()
+    server_cpu = _cpu_seconds(server_pid) if server_pid is not None else None
+    started, client_cpu = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - started
     if errors:
         raise KerasCNNError(f"a benchmark request failed: {errors[0]}")
     flat = np.concatenate([np.array(times) for times in latencies])
-    return {"req_s": len(flat) / seconds, "p50_ms": 1e3 * np.percentile(flat, 50), "p99_ms": 1e3 * np.percentile(flat, 99)}
+    result = {"req_s": len(flat) / seconds, "p50_ms": 1e3 * np.percentile(flat, 50),
+              "p99_ms": 1e3 * np.percentile(flat, 99)}
+    if server_pid is not None and server_cpu is not None:
+        result["server_cpu_ms"] = 1e3 * (_cpu_seconds(server_pid) - server_cpu) / len(flat)
+        result["client_cpu_ms"] = 1e3 * (time.process_time() - client_cpu) / len(flat)
+    return result
 
 
 def _rest_client(port: int):
-    import httpx
+    """Each client: one keep-alive connection of the standard library's `http.client`.
+
+    A light client on purpose: the load generator shares the server's cores, and httpx's own
+    per-request work (about 2 ms of CPU at 32 threads on the 2-core dev machine) made it, not the
+    server, the bottleneck.
+    """
+    import http.client
+    import json
 
     def make():
-        client = httpx.Client(timeout=60)
-        url = f"http://127.0.0.1:{port}/v1/models/bench:predict"
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Content-Type": "application/json"}
 
         def call(image):
-            reply = client.post(url, json={"instances": [image.tolist()]})
-            reply.raise_for_status()
-            return reply.content
+            connection.request("POST", "/v1/models/bench:predict", json.dumps({"instances": [image.tolist()]}),
+                               headers)
+            reply = connection.getresponse()
+            content = reply.read()
+            if reply.status != 200:
+                raise KerasCNNError(f"REST request failed with HTTP {reply.status}: {content[:200]!r}")
+            return content
 
         return call
 
@@ -166,7 +197,7 @@ def run(args) -> dict:
     try:
         for api, make in (("rest", _rest_client(port)), ("grpc", _grpc_client(grpc_port))):
             for clients in CLIENTS:
-                for key, value in _load(clients, args.requests, make, images).items():
+                for key, value in _load(clients, args.requests, make, images, server.pid).items():
                     results[f"{api}.c{clients}.{key}"] = value
             results[f"{api}.c32_over_c1"] = results[f"{api}.c32.req_s"] / results[f"{api}.c1.req_s"]
         results["rest.c1_p50_minus_in_process_ms"] = results["rest.c1.p50_ms"] - results["in_process.c1.p50_ms"]

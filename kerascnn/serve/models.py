@@ -205,6 +205,11 @@ class Servable:
         checked = self.check(signature, inputs)
         return self.batchers[signature or DEFAULT_SIGNATURE].submit(checked)
 
+    def submit_async(self, signature: str, inputs: dict[str, np.ndarray]):
+        """`submit` for a coroutine: an awaitable of the outputs (see `Batcher.submit_async`)."""
+        checked = self.check(signature, inputs)
+        return self.batchers[signature or DEFAULT_SIGNATURE].submit_async(checked)
+
     def classify_signature(self, signature: str) -> str:
         """The signature for a Classify request, checked as TF Serving's classifier.cc does."""
         definition = self.signature(signature)

@@ -147,7 +147,7 @@ class RestApi:
         with self.store.acquire(name, version, label) as servable:
             signature = document.get("signature_name", "")
             inputs, layout = inputs_from_json(document, servable.input_specs(signature))
-            outputs = await asyncio.wrap_future(servable.submit(signature, inputs))
+            outputs = await servable.submit_async(signature, inputs)
         return outputs_to_json(outputs, layout)
 
     async def classify(self, name: str, version: int | None, label: str | None, body: bytes) -> dict:
@@ -155,7 +155,7 @@ class RestApi:
         with self.store.acquire(name, version, label) as servable:
             signature = servable.classify_signature(document.get("signature_name", ""))
             examples = np.array(examples_from_json(document), dtype=object)
-            outputs = await asyncio.wrap_future(servable.submit(signature, {"inputs": examples}))
+            outputs = await servable.submit_async(signature, {"inputs": examples})
         return {"results": classifications(outputs)}
 
     async def metrics(self, request: Request) -> Response:
