@@ -9,9 +9,11 @@ few training steps of each, alternating, and trains in bfloat16 only if its step
 The check costs a few seconds, so runs too short to repay it train in float32 without one.
 
 Example:
-    choice = choose_precision(config.train, lambda: make_model(config, data), data)
-    with precision(choice.policy):
-        model = make_model(config, data)
+    model = make_model(config, data)  # float32
+    choice = choose_precision(config.train, model, lambda: make_model(config, data), data)
+    if choice.policy != "float32":
+        with precision(choice.policy):
+            model = make_model(config, data)
 """
 
 from __future__ import annotations
@@ -68,13 +70,15 @@ def cpu_bfloat16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
     return [flag for flag in BFLOAT16_CPU_FLAGS if flag in flags]
 
 
-def choose_precision(config: TrainConfig, build: Callable[[], keras.Model], data: ImageData,
+def choose_precision(config: TrainConfig, model: keras.Model, build: Callable[[], keras.Model], data: ImageData,
                      default_strategy: bool = True) -> PrecisionChoice:
     """The dtype policy to build and train the network in (see the module docstring).
 
     Args:
         config: the run's training settings (`precision`, `mixed_precision`, `batch_size`, optimizer).
-        build: builds the network under the current dtype policy.
+        model: the network built in float32: its FLOPs decide whether the check runs, and its weights
+            are what both policies' copies start from; it is not trained.
+        build: builds another copy of the network under the current dtype policy (for the check).
         data: the run's data; one training batch is used for the check, and its size and
             `config.epochs` give the run's training FLOPs (`kerascnn.flops`): short runs skip it.
         default_strategy: False under a tf.distribute strategy, which `auto` leaves in float32.
@@ -88,25 +92,25 @@ def choose_precision(config: TrainConfig, build: Callable[[], keras.Model], data
     units = cpu_bfloat16_units()
     if not units:
         return PrecisionChoice("float32", "auto: this CPU has no bfloat16 units")
-    with precision("float32"):
-        reference = build()
-    train_flops = training_flops_per_image(reference) * data.counts["train"] * config.epochs
+    train_flops = training_flops_per_image(model) * data.counts["train"] * config.epochs
     if train_flops < MIN_CHECKED_FLOPS:
         return PrecisionChoice("float32", f"auto: {train_flops:.1e} training FLOPs, too short a run to check "
                                           f"bfloat16 (from {MIN_CHECKED_FLOPS:.0e})")
-    with precision("mixed_bfloat16"):
-        candidate = build()
-    return measure_bfloat16(config, reference, candidate, data)
+    copies = {}
+    for policy in ("float32", "mixed_bfloat16"):
+        with precision(policy):
+            copies[policy] = build()
+        copies[policy].set_weights(model.get_weights())
+    return measure_bfloat16(config, copies["float32"], copies["mixed_bfloat16"], data)
 
 
 def measure_bfloat16(config: TrainConfig, reference: keras.Model, candidate: keras.Model,
                      data: ImageData) -> PrecisionChoice:
-    """Give the mixed_bfloat16 `candidate` the float32 `reference`'s weights, compare their predictions
-    on one training batch and time training steps of each, alternating; mixed_bfloat16 if it agrees
-    and is at least `MIN_SPEEDUP` times faster."""
+    """Compare the predictions of two copies of a network with the same weights, float32 `reference` and
+    mixed_bfloat16 `candidate`, on one training batch and time training steps of each, alternating;
+    mixed_bfloat16 if they agree and it is at least `MIN_SPEEDUP` times faster. Both copies are trained."""
     images, labels = next(iter(batches(data.train, config.batch_size, None if data.multi_label else data.num_classes,
                                        cache=False)))
-    candidate.set_weights(reference.get_weights())
     models = {"float32": reference, "mixed_bfloat16": candidate}
     predictions = [np.asarray(model(images, training=False), dtype="float32") for model in models.values()]
     difference = float(np.max(np.abs(predictions[0] - predictions[1])))

@@ -237,14 +237,16 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         config = config.replace("data", image_size=tuple(data.input_shape[:2]))
     if chief and config.train.verbose:
         print(describe_data(data, config.data.color_mode, inferred))
-    dtype_policy = choose_precision(config.train, partial(make_model, config, data), data,
+    with strategy.scope(), precision("float32"):
+        model = make_model(config, data)
+    dtype_policy = choose_precision(config.train, model, partial(make_model, config, data), data,
                                     default_strategy=strategy_name(strategy) == "default")
     if chief and config.train.verbose:
         print(dtype_policy.describe())
-    keras.utils.set_random_seed(config.run.seed)  # the check built networks: the run's starts from the seed again
-    with strategy.scope(), precision(dtype_policy.policy):
-        model = make_model(config, data)
-        if dtype_policy.policy != "float32":
+    if dtype_policy.policy != "float32":
+        keras.utils.set_random_seed(config.run.seed)
+        with strategy.scope(), precision(dtype_policy.policy):
+            model = make_model(config, data)
             check_float32_output(model, data.input_shape, config.model.name, dtype_policy.policy)
     positive_class_index(data.class_names, config.evaluate.positive_class)  # a typo fails before training
     augment = make_augment(config.augment, seed=config.run.seed, data=data)

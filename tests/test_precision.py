@@ -22,6 +22,11 @@ def _resnet(data):
     return lambda: build_model("resnet_small", data.input_shape, data.num_classes, stem=8, widths=[16], blocks=[1])
 
 
+def _choose(config, data):
+    build = _resnet(data)
+    return precision.choose_precision(config, build(), build, data)
+
+
 def test_cpu_bfloat16_units_are_read_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n")
@@ -32,24 +37,28 @@ def test_cpu_bfloat16_units_are_read_from_cpuinfo(tmp_path):
 
 
 def test_an_explicit_policy_is_taken_as_set_and_mixed_precision_means_float16(tiny):
-    choice = precision.choose_precision(TrainConfig(precision="mixed_bfloat16"), _resnet(tiny), tiny)
+    choice = _choose(TrainConfig(precision="mixed_bfloat16"), tiny)
     assert (choice.policy, choice.reason) == ("mixed_bfloat16", "train.precision")
-    assert precision.choose_precision(TrainConfig(mixed_precision=True), _resnet(tiny), tiny).policy == "mixed_float16"
+    assert _choose(TrainConfig(mixed_precision=True), tiny).policy == "mixed_float16"
 
 
 def test_auto_skips_the_check_for_a_short_run_and_on_a_cpu_without_bfloat16(tiny, monkeypatch):
-    choice = precision.choose_precision(TrainConfig(epochs=1), _resnet(tiny), tiny)
+    choice = _choose(TrainConfig(epochs=1), tiny)
     assert choice.policy == "float32"
     if precision.cpu_bfloat16_units():
         assert "too short a run" in choice.reason and choice.float32_step_ms is None
     monkeypatch.setattr(precision, "cpu_bfloat16_units", lambda: [])
-    assert precision.choose_precision(TrainConfig(), _resnet(tiny), tiny).reason == "auto: this CPU has no bfloat16 units"
+    assert _choose(TrainConfig(), tiny).reason == "auto: this CPU has no bfloat16 units"
 
 
 def test_the_check_times_both_policies_and_picks_bfloat16_only_if_clearly_faster(tiny, monkeypatch):
     monkeypatch.setattr(precision, "cpu_bfloat16_units", lambda: ["amx_bf16"])
     monkeypatch.setattr(precision, "MIN_CHECKED_FLOPS", 0)
-    choice = precision.choose_precision(TrainConfig(batch_size=32), _resnet(tiny), tiny)
+    build = _resnet(tiny)
+    model = build()
+    before = [weights.copy() for weights in model.get_weights()]
+    choice = precision.choose_precision(TrainConfig(batch_size=32), model, build, tiny)
+    assert all((a == b).all() for a, b in zip(before, model.get_weights()))  # the run's own network is not trained
     assert choice.float32_step_ms > 0 and choice.bfloat16_step_ms > 0
     assert choice.max_probability_difference < precision.MAX_PROBABILITY_DIFFERENCE  # same weights, near-same output
     faster = choice.float32_step_ms >= precision.MIN_SPEEDUP * choice.bfloat16_step_ms
@@ -57,7 +66,7 @@ def test_the_check_times_both_policies_and_picks_bfloat16_only_if_clearly_faster
     assert set(choice.to_dict()) == {"policy", "reason", "float32_step_ms", "bfloat16_step_ms",
                                      "max_probability_difference"}
     monkeypatch.setattr(precision, "MAX_PROBABILITY_DIFFERENCE", -1.0)  # predictions that never agree: float32
-    assert precision.choose_precision(TrainConfig(batch_size=32), _resnet(tiny), tiny).policy == "float32"
+    assert _choose(TrainConfig(batch_size=32), tiny).policy == "float32"
 
 
 def test_a_bfloat16_run_exports_float32_artifacts_with_parity(tiny, tmp_path):

@@ -176,8 +176,8 @@ def speed(args) -> dict:
         return build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
 
     train_config = config.train
-    choice = choose_precision(train_config, build, full)  # the check `kerascnn train` runs, on the full run's size
     network = build()
+    choice = choose_precision(train_config, network, build, full)  # the check `kerascnn train` runs, at its size
     flops_per_image = training_flops_per_image(network)
     profiler_flops_per_image = 3 * profiler_forward_flops(network)
     rates = machine_gflops()
