@@ -359,19 +359,37 @@ def _operations(model: keras.Model):
             yield from _operations(operation)
 
 
+def _found_by_name(layer_class) -> bool:
+    """Whether a loader that knows only a layer's class name finds `layer_class`: a public Keras layer or
+    model, or one registered with `keras.saving.register_keras_serializable` (as kerascnn's are)."""
+    if layer_class.__module__.startswith("keras.src.models") or getattr(keras.layers, layer_class.__name__, None) \
+            is layer_class:
+        return True
+    return keras.saving.get_registered_object(keras.saving.get_registered_name(layer_class)) is layer_class
+
+
 def unsupported_artifacts(model: keras.Model, config: ExportConfig) -> dict[str, str]:
     """Planned artifact name -> why this model cannot be stored in that format (dropped, not attempted).
 
-    The legacy HDF5 format stores layers only: a graph that applies Keras operations directly
-    (MobileNetV3's hard-swish `x + 3.0`, for example) is written but does not load again ("Only
-    input tensors may be passed as positional arguments").
+    The legacy HDF5 format stores layers only, by class name: a graph that applies Keras operations
+    directly (MobileNetV3's hard-swish `x + 3.0`, for example) is written but does not load again
+    ("Only input tensors may be passed as positional arguments"), and neither does a layer class that is
+    neither public nor registered (InceptionResNetV2's `CustomScaleLayer`: "Unknown layer"), which the
+    `.keras` format finds by its module instead.
     """
     dropped = {}
     if "model.h5" in planned_artifacts(config):
-        ops = sorted({type(op).__name__ for op in _operations(model) if not isinstance(op, keras.layers.Layer)})
+        operations = list(_operations(model))
+        ops = sorted({type(op).__name__ for op in operations if not isinstance(op, keras.layers.Layer)})
+        unnamed = sorted({type(op).__name__ for op in operations
+                          if isinstance(op, keras.layers.Layer) and not _found_by_name(type(op))})
         if ops:
             dropped["model.h5"] = (f"the legacy .h5 format cannot store the Keras operations ({', '.join(ops)}) "
                                    f"in {model.name}'s graph; model.keras holds the same model")
+        elif unnamed:
+            dropped["model.h5"] = (f"the legacy .h5 format finds layers by class name only and cannot load "
+                                   f"{', '.join(unnamed)} (not a public or registered Keras layer) in {model.name}; "
+                                   f"model.keras holds the same model")
     return dropped
 
 

@@ -43,6 +43,24 @@ def test_h5_is_dropped_with_its_reason_for_a_graph_of_keras_operations(digits, t
     assert unsupported_artifacts(build_model("mlp", digits.input_shape, 3, hidden=[8]), FAST) == {}
 
 
+def test_h5_is_dropped_for_a_layer_class_a_loader_cannot_find_by_name(digits):
+    """InceptionResNetV2's CustomScaleLayer is neither public nor registered: `.h5` finds layers by class name
+    only, so its reload failed ("Unknown layer") in `kerascnn bench backbones --train`; now it is dropped."""
+
+    class UnregisteredScale(keras.layers.Layer):
+        def call(self, inputs):
+            return inputs * 0.5
+
+    inputs = keras.Input(digits.input_shape)
+    x = UnregisteredScale()(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x), name="scaled_net")
+    reason = unsupported_artifacts(model, FAST)["model.h5"]
+    assert "cannot load UnregisteredScale (not a public or registered Keras layer) in scaled_net" in reason
+    resnet = build_model("resnet_small", digits.input_shape, 3, stem=4, widths=[8], blocks=[1], random_flip=True,
+                         test_time_flip=True)  # kerascnn's own layers are registered: .h5 stays
+    assert unsupported_artifacts(resnet, FAST) == {}
+
+
 def test_a_failing_format_keeps_the_others_and_says_how_to_redo_it(digits, tmp_path, monkeypatch):
     _broken_saved_model(monkeypatch)
     model = build_model("mlp", digits.input_shape, digits.num_classes, hidden=[16])
