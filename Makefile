@@ -37,8 +37,9 @@ $(STAMP): setup.cfg pyproject.toml
 demo: setup
 	$(BIN)/kerascnn train --name demo --overwrite
 
+# Two workers, one test file each at a time (module fixtures are built once): most tests keep one core busy.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 notebooks: setup
 	$(BIN)/python -m pytest -q tests/test_notebooks.py
