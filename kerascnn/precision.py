@@ -109,8 +109,10 @@ def measure_bfloat16(config: TrainConfig, reference: keras.Model, candidate: ker
     """Compare the predictions of two copies of a network with the same weights, float32 `reference` and
     mixed_bfloat16 `candidate`, on one training batch and time training steps of each, alternating;
     mixed_bfloat16 if they agree and it is at least `MIN_SPEEDUP` times faster. Both copies are trained."""
-    images, labels = next(iter(batches(data.train, config.batch_size, None if data.multi_label else data.num_classes,
-                                       cache=False)))
+    # take(1) lets the pipeline finish: a half-read iterator over the whole training set keeps tf.data's
+    # prefetch and autotuning alive, and the run's own training after the check then ran 2-4x slower.
+    images, labels = next(iter(batches(data.train.take(config.batch_size), config.batch_size,
+                                       None if data.multi_label else data.num_classes, cache=False)))
     models = {"float32": reference, "mixed_bfloat16": candidate}
     predictions = [np.asarray(model(images, training=False), dtype="float32") for model in models.values()]
     difference = float(np.max(np.abs(predictions[0] - predictions[1])))
