@@ -45,3 +45,36 @@ def default_run(tmp_path_factory):
     after = resource.getrusage(resource.RUSAGE_SELF)
     result.cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return result
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    """60 8x8 grayscale images in 3 classes whose brightness differs (from_arrays splits off validation and test)."""
+    from kerascnn.data.datasets import from_arrays
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 20)
+    images = np.clip(40 + 80 * labels[:, None, None, None] + rng.normal(0, 20, (60, 8, 8, 1)), 0, 255)
+    return from_arrays(images.astype("uint8"), labels, class_names=["dark", "mid", "light"])
+
+
+@pytest.fixture(scope="module")
+def mnv2_weights(tmp_path_factory):
+    """Random weights of the smallest MobileNetV2 (alpha 0.35, its 32x32 minimum input) in a file: the documented
+    `--weights PATH` way to freeze a backbone in tests."""
+    from kerascnn.models.transfer import build_backbone
+
+    path = tmp_path_factory.mktemp("mnv2") / "backbone.weights.h5"
+    build_backbone("mobilenet_v2", (32, 32, 3), "none", alpha=0.35).save_weights(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cnn_weights(tmp_path_factory):
+    """A kerascnn `cnn` (8x8x1, 4 classes, filters 8 and 16) saved as .keras, as a run writes it: the `--weights PATH`
+    of a cnn backbone."""
+    from kerascnn.models import build_model
+
+    path = tmp_path_factory.mktemp("pretrained") / "model.keras"
+    build_model("cnn", (8, 8, 1), 4, filters=(8, 16)).save(path)
+    return str(path)

@@ -12,42 +12,16 @@ import tensorflow as tf
 
 from kerascnn import cli, feature_cache
 from kerascnn.config import TrainConfig, config_from_dict
-from kerascnn.data.datasets import from_arrays
 from kerascnn.errors import ConfigError
 from kerascnn.feature_cache import FeatureCache, plan_cache
 from kerascnn.models import build_model
-from kerascnn.models.transfer import build_backbone, build_transfer_model
+from kerascnn.models.transfer import build_transfer_model
 from kerascnn.runner import check_config, run
 from kerascnn.training import fine_tune, train
 
 CNN = {"filters": (8, 16)}
 SMALL = {"alpha": 0.35}  # the smallest MobileNetV2, at its 32x32 minimum input
 CUT = "pool_0"  # the cnn truncated before its Dropout: a feature network that is the same every epoch
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    """38 train / 10 validation / 12 test 8x8 grayscale images in 3 classes whose brightness differs."""
-    rng = np.random.default_rng(1)
-    labels = np.repeat(np.arange(3), 20)
-    images = np.clip(40 + 80 * labels[:, None, None, None] + rng.normal(0, 20, (60, 8, 8, 1)), 0, 255)
-    return from_arrays(images.astype("uint8"), labels, class_names=["dark", "mid", "light"])
-
-
-@pytest.fixture(scope="module")
-def mnv2_weights(tmp_path_factory):
-    """Random MobileNetV2 weights in a file: the documented `--weights PATH` way to freeze a backbone in tests."""
-    path = tmp_path_factory.mktemp("mnv2") / "backbone.weights.h5"
-    build_backbone("mobilenet_v2", (32, 32, 3), "none", **SMALL).save_weights(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def cnn_weights(tmp_path_factory):
-    """A kerascnn `cnn` saved as a run saves it: the `--weights PATH` of a frozen cnn backbone."""
-    path = tmp_path_factory.mktemp("pretrained") / "model.keras"
-    build_model("cnn", (8, 8, 1), 4, **CNN).save(path)
-    return str(path)
 
 
 def _count_backbone_images(model) -> tf.Variable:

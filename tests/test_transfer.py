@@ -15,7 +15,6 @@ import pytest
 
 from kerascnn import cli
 from kerascnn.config import config_from_dict, load_config
-from kerascnn.data.datasets import from_arrays
 from kerascnn.errors import ConfigError, ModelLoadError
 from kerascnn.flops import forward_flops
 from kerascnn.models import build_model
@@ -32,31 +31,6 @@ def _pixels(n, shape=(8, 8, 1), seed=0):
 
 def _backbone_layers(model):
     return [layer for layer in model.get_layer("backbone").layers if not isinstance(layer, keras.layers.InputLayer)]
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    """48 train / 12 test 8x8 grayscale images in 3 classes whose brightness differs."""
-    rng = np.random.default_rng(1)
-    labels = np.repeat(np.arange(3), 20)
-    images = np.clip(40 + 80 * labels[:, None, None, None] + rng.normal(0, 20, (60, 8, 8, 1)), 0, 255)
-    return from_arrays(images.astype("uint8"), labels, class_names=["dark", "mid", "light"])
-
-
-@pytest.fixture(scope="module")
-def mnv2_weights(tmp_path_factory):
-    """Random MobileNetV2 (alpha 0.35) backbone weights in a file: the `--weights PATH` the frozen strategies need."""
-    path = tmp_path_factory.mktemp("mnv2") / "backbone.weights.h5"
-    build_backbone("mobilenet_v2", (32, 32, 3), "none", **SMALL).save_weights(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def cnn_run_model(tmp_path_factory):
-    """A kerascnn `cnn` model saved as .keras, as a run writes it: the `--weights PATH` of the cnn backbone."""
-    path = tmp_path_factory.mktemp("pretrained") / "model.keras"
-    build_model("cnn", (8, 8, 1), 4, filters=(8, 16)).save(path)
-    return path
 
 
 def test_backbones_json_lists_the_table(capsys):
@@ -149,24 +123,24 @@ def test_weights_file_of_another_architecture_is_refused_in_one_line(tmp_path):
         build_transfer_model("mobilenet_v2", (32, 32, 3), 3, weights=str(tmp_path / "missing.weights.h5"), **SMALL)
 
 
-def test_cnn_backbone_reuses_a_kerascnn_model_file(cnn_run_model):
-    saved = keras.saving.load_model(cnn_run_model)
-    model = build_transfer_model("cnn", (8, 8, 1), 3, weights=str(cnn_run_model), filters=(8, 16))
+def test_cnn_backbone_reuses_a_kerascnn_model_file(cnn_weights):
+    saved = keras.saving.load_model(cnn_weights)
+    model = build_transfer_model("cnn", (8, 8, 1), 3, weights=cnn_weights, filters=(8, 16))
     features = keras.Model(saved.inputs[0], saved.get_layer("conv_dropout").output)
     images = _pixels(4)
     np.testing.assert_array_equal(np.asarray(model.get_layer("backbone")(images)), np.asarray(features(images)))
-    truncated = build_transfer_model("cnn", (8, 8, 1), 3, "truncate", str(cnn_run_model), "pool_0", filters=(8, 16))
+    truncated = build_transfer_model("cnn", (8, 8, 1), 3, "truncate", cnn_weights, "pool_0", filters=(8, 16))
     assert _backbone_layers(truncated)[-1].name == "pool_0"
     assert isinstance(truncated.get_layer("pool"), keras.layers.Flatten)  # the cnn's own head flattens
     assert truncated.get_layer("probabilities").kernel.shape == (4 * 4 * 8, 3)
 
 
-def test_cnn_backbone_refuses_a_model_file_without_a_backbone(tmp_path, cnn_run_model):
+def test_cnn_backbone_refuses_a_model_file_without_a_backbone(tmp_path, cnn_weights):
     build_model("mlp", (8, 8, 1), 4, hidden=(8,)).save(tmp_path / "mlp.keras")
     with pytest.raises(ModelLoadError, match="holds no backbone"):
         build_transfer_model("cnn", (8, 8, 1), 3, weights=str(tmp_path / "mlp.keras"))
     with pytest.raises(ModelLoadError, match="does not fit backbone 'cnn'"):  # default filters (16, 32, 64)
-        build_transfer_model("cnn", (8, 8, 1), 3, weights=str(cnn_run_model))
+        build_transfer_model("cnn", (8, 8, 1), 3, weights=cnn_weights)
 
 
 @pytest.mark.parametrize("values, message", [
@@ -227,10 +201,10 @@ def test_imagenet_offline_says_where_to_put_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("transfer", ["feature_extraction", "truncate", "fine_tune", "from_scratch"])
-def test_every_strategy_exports_with_float_parity(transfer, tiny_data, cnn_run_model, tmp_path):
+def test_every_strategy_exports_with_float_parity(transfer, tiny_data, cnn_weights, tmp_path):
     model = {"backbone": "cnn", "transfer": transfer, "options": {"filters": [8, 16]}}
     if transfer != "from_scratch":
-        model["weights"] = str(cnn_run_model)
+        model["weights"] = cnn_weights
     if transfer == "truncate":
         model["cut_at"] = "pool_0"
     config = config_from_dict({"run": {"output": str(tmp_path), "name": transfer}, "model": model,
@@ -321,18 +295,18 @@ def test_transfer_model_file_loads_in_plain_keras_with_its_class_names(tiny_data
         assert done.stdout.strip().splitlines()[-1] == "(1, 3)"
 
 
-def test_weights_of_a_grayscale_run_name_the_channel_difference(cnn_run_model):
-    """cnn_run_model was trained on 8x8x1 images; 3-channel images cannot reuse its first convolution."""
+def test_weights_of_a_grayscale_run_name_the_channel_difference(cnn_weights):
+    """cnn_weights was trained on 8x8x1 images; 3-channel images cannot reuse its first convolution."""
     with pytest.raises(ModelLoadError, match="trained on 1-channel images but these are 3-channel; set "
                                              "data.color_mode = grayscale"):
-        build_transfer_model("cnn", (8, 8, 3), 3, weights=str(cnn_run_model), filters=(8, 16))
+        build_transfer_model("cnn", (8, 8, 3), 3, weights=cnn_weights, filters=(8, 16))
 
 
-def test_fine_tune_says_its_phases_and_the_strategy_once(tiny_data, cnn_run_model, capsys):
+def test_fine_tune_says_its_phases_and_the_strategy_once(tiny_data, cnn_weights, capsys):
     from kerascnn.config import TrainConfig
     from kerascnn.training import fine_tune
 
-    model = build_transfer_model("cnn", (8, 8, 1), 3, "fine_tune", str(cnn_run_model), filters=(8, 16))
+    model = build_transfer_model("cnn", (8, 8, 1), 3, "fine_tune", cnn_weights, filters=(8, 16))
     fine_tune(model, tiny_data, TrainConfig(epochs=2, batch_size=16, verbose=2, tensorboard=False), unfreeze=2)
     out = capsys.readouterr().out
     assert out.count("strategy default:") == 1
