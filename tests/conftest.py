@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+import keras  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -78,3 +79,20 @@ def cnn_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("pretrained") / "model.keras"
     build_model("cnn", (8, 8, 1), 4, filters=(8, 16)).save(path)
     return str(path)
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Ctrl-C arriving mid-epoch: raises KeyboardInterrupt after batch `batch` of epoch `epoch`, once (the same
+    instance handed to a resumed fit lets it run through)."""
+
+    def __init__(self, epoch: int, batch: int):
+        super().__init__()
+        self.epoch, self.batch, self.current, self.fired = epoch, batch, None, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.fired and (self.current, batch) == (self.epoch, self.batch):
+            self.fired = True
+            raise KeyboardInterrupt

@@ -18,6 +18,7 @@ from kerascnn.models import build_model
 from kerascnn.models.transfer import build_transfer_model
 from kerascnn.runner import check_config, run
 from kerascnn.training import fine_tune, train
+from tests.conftest import InterruptAt
 
 CNN = {"filters": (8, 16)}
 SMALL = {"alpha": 0.35}  # the smallest MobileNetV2, at its 32x32 minimum input
@@ -186,21 +187,6 @@ def test_bench_cache_times_both_paths_side_by_side(capsys):
     assert results["cached.accuracy"] == results["uncached.accuracy"]
     assert results["max_abs_diff_probabilities"] <= 1e-5
     assert results["cached.feature_bytes"] == (results["train_images"] + results["validation_images"]) * 576 * 4
-
-
-class InterruptAt(keras.callbacks.Callback):
-    """Ctrl-C after one batch of one epoch (the crash backup of that batch is already written)."""
-
-    def __init__(self, epoch: int, batch: int):
-        super().__init__()
-        self.epoch, self.batch, self.current = epoch, batch, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.current, batch) == (self.epoch, self.batch):
-            raise KeyboardInterrupt
 
 
 def test_an_interrupted_cached_fit_resumes_with_the_heads_optimizer_state(tiny_data, cnn_weights, tmp_path):

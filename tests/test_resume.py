@@ -24,6 +24,7 @@ from kerascnn.predict import load
 from kerascnn.resume import (AtomicModelCheckpoint, ResumableEarlyStopping, ResumeState, RunInterrupted,
                              resume_state)
 from kerascnn.runner import run
+from tests.conftest import InterruptAt
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 2
@@ -128,30 +129,11 @@ def test_sigkill_inside_an_export_writer_then_resume_leaves_no_staging_and_a_com
                                load(run_dir / "model.keras").predict_proba(images), atol=1e-5)
 
 
-class InterruptOnce(keras.callbacks.Callback):
-    """Ctrl-C arriving mid-epoch: raises KeyboardInterrupt at one batch of one epoch, once per test."""
-
-    fired = False
-
-    def __init__(self, epoch: int, batch: int):
-        super().__init__()
-        self.epoch, self.batch, self.current = epoch, batch, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if not InterruptOnce.fired and self.current == self.epoch and batch == self.batch:
-            InterruptOnce.fired = True
-            raise KeyboardInterrupt
-
-
 @pytest.fixture
 def ctrl_c(monkeypatch):
     """Make the next fit receive Ctrl-C at batch 7 of its second epoch."""
-    InterruptOnce.fired = False
-    make_callbacks = training.make_callbacks
-    monkeypatch.setattr(training, "make_callbacks", lambda *a, **k: make_callbacks(*a, **k) + [InterruptOnce(1, 7)])
+    interrupt, make_callbacks = InterruptAt(1, 7), training.make_callbacks
+    monkeypatch.setattr(training, "make_callbacks", lambda *a, **k: make_callbacks(*a, **k) + [interrupt])
 
 
 TINY = ["--epochs", str(EPOCHS), "--set", "train.backup_every=3", "--set", "train.verbose=0",
