@@ -303,6 +303,11 @@ class TrainConfig:
         schedule: constant | cosine: cosine decays to 0 over all steps (default constant).
         warmup_epochs: epochs of linear warm-up before the schedule (default 0).
         label_smoothing: categorical label smoothing (default 0.0).
+        use_ema: keep an exponential moving average of the weights (Keras' optimizer `use_ema`);
+            validation, early stopping, the best checkpoint and the trained model use the averaged
+            weights, training steps the raw ones (default False).
+        ema_momentum: the average's momentum: each step keeps this fraction of the average and adds
+            1 - momentum of the new weights; about 1 / (1 - momentum) steps are averaged (default 0.99).
         early_stopping_patience: epochs without val_loss improvement before stopping and
             restoring the best weights; 0 disables early stopping (default 5).
         tensorboard: write TensorBoard logs into `logs/` (default True).
@@ -342,6 +347,8 @@ class TrainConfig:
     schedule: str = "constant"
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    use_ema: bool = False
+    ema_momentum: float = 0.99
     early_stopping_patience: int = 5
     tensorboard: bool = True
     verbose: int = 1
@@ -371,6 +378,7 @@ class TrainConfig:
                f"train.warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         _check(0.0 <= self.label_smoothing < 1.0,
                f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(0.0 < self.ema_momentum < 1.0, f"train.ema_momentum must be in (0, 1), got {self.ema_momentum}")
         _check(self.early_stopping_patience >= 0,
                f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
         _check(self.verbose in (0, 1, 2), f"train.verbose must be 0, 1 or 2, got {self.verbose}")

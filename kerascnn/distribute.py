@@ -322,12 +322,15 @@ def _fit_loop(model, strategy, x, validation_data, epochs, steps_per_epoch, call
         average_moving_statistics()
         if validation_data is not None:
             model.reset_metrics()
+            callback_list.on_test_begin()  # as in fit: e.g. the averaged (EMA) weights are swapped in here
             for batch in validation_data:
                 test_step(batch)
+            callback_list.on_test_end()
             logs.update({f"val_{name}": value for name, value in _float_logs(model.get_metrics_result()).items()})
         callback_list.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
+    model.optimizer.finalize_variable_values(model.trainable_variables)  # as in fit: EMA weights written in
     callback_list.on_train_end(logs)
     model._initial_epoch = None
     return model.history

@@ -24,6 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerascnn.models.resnet import ProgressiveResize
+
 BACKWARD_FACTOR = 2  # backward ~ 2x forward: gradients w.r.t. activations and w.r.t. weights
 GEMM_SIZE = 2048  # machine_gflops: a 2048x2048 @ 2048x2048 matmul
 CONV_SHAPE = dict(batch=128, height=14, width=14, channels=48, filters=48, kernel=3)  # the preset's stage 0
@@ -198,14 +200,17 @@ def machine_gflops_once() -> dict:
 def training_record(model: keras.Model, images_per_epoch: int, epochs_run: int, train_seconds: float,
                     machine: dict | None, resumed: bool = False) -> dict:
     """The manifest's FLOP fields for a run: `flops_per_image` (training FLOPs, 3 x forward),
-    `train_flops` (x training images x epochs run: early stopping counted, validation passes not), the
+    `train_flops` (x training images x epochs run: early stopping counted, validation passes not; an
+    epoch of `progressive_resizing` at its share of the pixels), the
     machine's float32 `gemm_gflops` and `conv_gflops` measured at the run's start, `achieved_gflops`
     (train_flops / train_seconds) and `utilisation` (achieved / conv_gflops). `flops_note` says where
     the count is off: a resumed run's `train_seconds` covers only the epochs after the resume (its rate
     is left out), and frozen layers make 3 x forward an overestimate.
     """
     per_image = training_flops_per_image(model)
-    record = {"flops_per_image": per_image, "train_flops": per_image * images_per_epoch * epochs_run}
+    resizes = [layer for layer in model._flatten_layers() if isinstance(layer, ProgressiveResize)]
+    full_size_epochs = sum(math.prod(layer.pixel_fraction(epoch) for layer in resizes) for epoch in range(epochs_run))
+    record = {"flops_per_image": per_image, "train_flops": round(per_image * images_per_epoch * full_size_epochs)}
     if machine:
         record.update(gemm_gflops=machine["gemm_gflops"], conv_gflops=machine["conv_gflops"])
     notes = []

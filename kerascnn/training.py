@@ -28,6 +28,7 @@ from kerascnn.distribute import (distribute_dataset, fit_distributed, global_bat
                                  strategy_name)
 from kerascnn.errors import ConfigError, TrainingError
 from kerascnn.feature_cache import FeatureCache, plan_cache
+from kerascnn.models.resnet import ProgressiveResize
 from kerascnn.models.transfer import DEFAULT_UNFREEZE, unfreeze_top
 from kerascnn.resume import (AtomicBackupAndRestore, AtomicModelCheckpoint, ResumableEarlyStopping, ResumeState,
                              TrainedModelSaver, resume_state)
@@ -64,13 +65,53 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int):
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     rate = learning_rate(config, steps_per_epoch)
+    ema = {"use_ema": config.use_ema, "ema_momentum": config.ema_momentum}
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=config.nesterov)
+        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=config.nesterov, **ema)
     if config.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(rate, momentum=config.momentum)
+        return keras.optimizers.RMSprop(rate, momentum=config.momentum, **ema)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(rate)
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay, **ema)
+    return keras.optimizers.Adam(rate, **ema)
+
+
+class ProgressiveResizing(keras.callbacks.Callback):
+    """Tells the model's `ProgressiveResize` layers which epoch starts, so they train at its image size."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for layer in self.model._flatten_layers():
+            if isinstance(layer, ProgressiveResize):
+                layer.set_epoch(epoch)
+
+
+class AverageWeightsAtEpochEnd(keras.callbacks.SwapEMAWeights):
+    """Validation and every callback between this one and `swap_back` see the optimizer's averaged weights.
+
+    Keras' `SwapEMAWeights(swap_on_epoch=True)` swaps the raw weights back only when the next epoch
+    begins, after the crash-recovery backup has saved the swapped state (so a resume would go on from
+    the average); `swap_back`, placed before the backup, swaps back within the same epoch end. After
+    the last epoch Keras' `fit` itself writes the average into the model.
+    """
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=False)  # validation still swaps in on_test_begin/on_test_end
+        self.swap_back = _SwapBack(self)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = True
+
+
+class _SwapBack(keras.callbacks.Callback):
+    def __init__(self, averaging: AverageWeightsAtEpochEnd):
+        super().__init__()
+        self.averaging = averaging
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.averaging._ema_weights_in_model:
+            self.averaging._swap_variables()
+            self.averaging._ema_weights_in_model = False
 
 
 def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int,
@@ -95,14 +136,19 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int,
 
 def make_callbacks(config: TrainConfig, run_dir: Path | None, resume: ResumeState | None = None,
                    continue_from: TrainResult | None = None) -> list[keras.callbacks.Callback]:
-    """TerminateOnNaN and EarlyStopping always; checkpoint, CSV history, backup and TensorBoard in a run dir.
+    """TerminateOnNaN, EarlyStopping and ProgressiveResizing always; checkpoint, CSV history, backup and TensorBoard in a run dir.
 
-    The order matters at each epoch end: the CSV row and the best checkpoint are written before
-    the backup records the epoch as done, so a resume never skips or repeats an epoch. After
+    The order matters at each epoch end: with `use_ema` the averaged weights are swapped in for
+    early stopping and the best checkpoint and out again before the backup; the CSV row and the best
+    checkpoint are written before the backup records the epoch as done, so a resume never skips or
+    repeats an epoch. After
     `continue_from` (a fit this one carries on), history.csv is appended to and the checkpoint is
     only replaced by a better one.
     """
-    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    averaging = AverageWeightsAtEpochEnd() if config.use_ema else None
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), ProgressiveResizing()]
+    if averaging:
+        callbacks.append(averaging)
     if config.early_stopping_patience > 0:
         callbacks.append(ResumableEarlyStopping(resume, run_dir / CHECKPOINT_FILE if run_dir else None,
                                                 monitor="val_loss", patience=config.early_stopping_patience,
@@ -118,6 +164,9 @@ def make_callbacks(config: TrainConfig, run_dir: Path | None, resume: ResumeStat
                       AtomicModelCheckpoint(str(run_dir / CHECKPOINT_FILE), monitor="val_loss", save_best_only=True,
                                             initial_value_threshold=best),
                       TrainedModelSaver(run_dir / TRAINED_MODEL)]
+    if averaging:
+        callbacks.append(averaging.swap_back)
+    if run_dir is not None:
         if config.backup_every > 0:
             callbacks.append(AtomicBackupAndRestore(str(run_dir / BACKUP_DIR), save_freq=config.backup_every))
         if config.tensorboard:

@@ -8,10 +8,13 @@ import pytest
 
 from kerascnn.config import DataConfig, ExportConfig, RunConfig, RunSection, TrainConfig, load_config
 from kerascnn.errors import ConfigError
+from kerascnn.flops import training_flops_per_image, training_record
 from kerascnn.models import build_model, list_models
-from kerascnn.models.resnet import TrainingOnly
+from kerascnn.models.resnet import ProgressiveResize, TrainingOnly
 from kerascnn.predict import load
 from kerascnn.runner import run
+from kerascnn.training import train
+from kerascnn.data.datasets import from_arrays
 
 TINY = {"stem": 8, "widths": [16, 32], "blocks": [1, 1]}
 
@@ -80,6 +83,8 @@ def test_training_shifts_move_whole_pixels(images):
     ({"bn_momentum": 1.0}, "bn_momentum must be in"),
     ({"random_shift": 0.7}, "random_shift must be a fraction"),
     ({"depth": 18}, "has no option 'depth'"),
+    ({"progressive_resizing": [[2, 3]]}, "sizes >= 4"),
+    ({"progressive_resizing": [20]}, r"\[\[size, epochs\], ...\]"),
 ])
 def test_bad_options_are_refused(options, message):
     with pytest.raises(ConfigError, match=message):
@@ -87,7 +92,8 @@ def test_bad_options_are_refused(options, message):
 
 
 def test_every_artifact_agrees_with_the_trained_model(tmp_path):
-    options = {**TINY, "random_flip": True, "random_shift": 0.1, "test_time_flip": True}
+    options = {**TINY, "random_flip": True, "random_shift": 0.1, "test_time_flip": True,
+               "progressive_resizing": [[4, 1]]}  # digits are 8x8: its one epoch trains at 4x4
     config = RunConfig(run=RunSection(name="resnet", output=str(tmp_path)), data=DataConfig(dataset="digits"),
                        train=TrainConfig(epochs=1, verbose=0, tensorboard=False),
                        export=ExportConfig(tflite=("float32",)))
@@ -105,3 +111,29 @@ def test_fashion_mnist_presets_resolve(preset):
     config = load_config(preset=preset)
     assert config.data.dataset == "fashion_mnist"
     build_model(config.model.name, (28, 28, 1), 10, **config.model.options)
+
+
+def test_progressive_resizing_trains_the_first_epochs_small_and_counts_their_flops(tmp_path, images):
+    model = build_model("resnet_small", (28, 28, 1), 2, progressive_resizing=[[12, 1], [20, 1]], **TINY)
+    resize = model.get_layer("progressive_resize")
+    seen = []  # the training size at the first batch of each epoch
+
+    class StemShape(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:
+                seen.append(int(resize.size.numpy()))
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (32, 28, 28, 1)).astype("uint8"), np.arange(32) % 2
+    config = TrainConfig(epochs=3, batch_size=16, verbose=0, tensorboard=False, early_stopping_patience=0,
+                         precision="float32")
+    train(model, from_arrays(x, y, x[:8], y[:8]), config, extra_callbacks=[StemShape()])
+    assert seen == [12, 20, 0]  # 0: full size
+    resize.set_epoch(0)
+    assert resize(images, training=True).shape == (6, 12, 12, 1)
+    assert resize(images).shape == (6, 28, 28, 1)  # inference is always at full size
+    per_image = training_flops_per_image(model)
+    assert training_record(model, 32, 3, 1.0, None)["train_flops"] == round(per_image * 32 * (144 + 400 + 784) / 784)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras")  # kerascnn's layer is registered
+    assert reloaded.get_layer("progressive_resize").schedule == [[12, 1], [20, 1]]
+    np.testing.assert_allclose(np.asarray(reloaded(images)), np.asarray(model(images)), atol=1e-6)

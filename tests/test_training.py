@@ -1,7 +1,10 @@
 """Training's optimizer, learning-rate schedule and loss: the rate at step 0, at the end of the warm-up and at
 the last step, each optimizer's settings, and label smoothing's effect on the loss."""
 
+import dataclasses
+
 import keras
+import tensorflow as tf
 import numpy as np
 import pytest
 
@@ -9,6 +12,7 @@ from kerascnn.config import TrainConfig
 from kerascnn.data.datasets import from_arrays
 from kerascnn.models import build_model
 from kerascnn.training import compile_model, learning_rate, make_optimizer, train
+from tests.conftest import InterruptAt
 
 STEPS = 10  # steps per epoch
 
@@ -74,3 +78,38 @@ def test_a_fit_follows_the_schedule_to_its_last_step():
     schedule = model.optimizer._learning_rate
     assert float(schedule(steps)) == pytest.approx(0.01)  # the warm-up ends after the first epoch
     assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)  # cosine reached its end
+
+
+def test_each_optimizer_keeps_a_moving_average_when_asked():
+    for name in ("adam", "sgd", "rmsprop", "adamw"):
+        optimizer = make_optimizer(TrainConfig(optimizer=name, use_ema=True, ema_momentum=0.9), STEPS)
+        assert optimizer.use_ema and optimizer.ema_momentum == pytest.approx(0.9)
+    assert not make_optimizer(TrainConfig(), STEPS).use_ema
+
+
+def test_use_ema_validates_checkpoints_and_ends_on_the_average_while_the_backup_keeps_the_raw_weights(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (64, 4, 4, 1)).astype(np.uint8), np.arange(64) % 2
+    data = from_arrays(images, labels, images[:16], labels[:16])
+    config = TrainConfig(epochs=1, batch_size=8, learning_rate=0.05, use_ema=True, ema_momentum=0.5,
+                         early_stopping_patience=0, tensorboard=False, verbose=0, backup_every=1000)
+    model = build_model("mlp", (4, 4, 1), 2, hidden=[8])
+    result = train(model, data, config, run_dir=tmp_path / "finished")
+    averages = [v.numpy() for v in model.optimizer._model_variables_moving_average]
+    for weight, average in zip(model.trainable_weights, averages):  # fit ended on the average
+        np.testing.assert_array_equal(weight.numpy(), average)
+    validation = data.validation.batch(8).map(lambda x, y: (x, tf.one_hot(y, 2)))
+    assert result.history["val_loss"].iloc[-1] == pytest.approx(model.evaluate(validation, verbose=0)[0], rel=1e-4)
+
+    interrupted = tmp_path / "interrupted"  # Ctrl-C in epoch 2 leaves epoch 1's backup and best checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        train(build_model("mlp", (4, 4, 1), 2, hidden=[8]), data, dataclasses.replace(config, epochs=2),
+              run_dir=interrupted, extra_callbacks=[InterruptAt(1, 0)])
+    raw = compile_model(build_model("mlp", (4, 4, 1), 2, hidden=[8]), config, 8)
+    raw.optimizer.build(raw.trainable_variables)
+    raw.load_weights(interrupted / "checkpoints" / "backup" / "latest.weights.h5")
+    slots = [v.numpy() for v in raw.optimizer._model_variables_moving_average]
+    assert any(not np.allclose(w.numpy(), a) for w, a in zip(raw.trainable_weights, slots))  # raw weights go on
+    best = keras.models.load_model(interrupted / "checkpoints" / "best.keras")
+    for weight, average in zip(best.trainable_weights, slots):  # the best checkpoint holds the average
+        np.testing.assert_allclose(weight.numpy(), average, atol=1e-7)

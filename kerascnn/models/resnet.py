@@ -9,6 +9,7 @@ test-time flip averaging live inside the model, so every exported artifact behav
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 from kerascnn.errors import ConfigError
@@ -61,6 +62,67 @@ class FlipAverage(layers.Layer):
         return input_shape
 
 
+@keras.saving.register_keras_serializable(package="kerascnn")
+class ProgressiveResize(layers.Layer):
+    """Progressive resizing (fastai; EfficientNetV2's progressive learning): the first epochs train on
+    downscaled images, which costs fewer FLOPs (20x20 instead of 28x28: about half); inference and the
+    last epochs are at full size.
+
+    `schedule` is [[size, epochs], ...]: size x size images for that many epochs, in order, then full
+    size. `kerascnn.training` calls `set_epoch` at every epoch start; the size is a variable, so the
+    same traced training step serves every size (and a resumed run picks up where it was).
+    """
+
+    def __init__(self, schedule, **kwargs):
+        super().__init__(**kwargs)
+        try:
+            self.schedule = [[int(size), int(epochs)] for size, epochs in schedule]
+        except (TypeError, ValueError):
+            self.schedule = []
+        if not self.schedule or any(size < 4 or epochs < 1 for size, epochs in self.schedule):
+            raise ConfigError(f"model option progressive_resizing must be [[size, epochs], ...] with sizes >= 4 and "
+                              f"epochs >= 1, e.g. [[20, 4]], got {schedule!r}")
+        self.size = self.add_weight(name="size", shape=(), dtype="int32", initializer="zeros", trainable=False)
+        self.full_size = None
+
+    def build(self, input_shape):
+        self.full_size = (int(input_shape[1]), int(input_shape[2]))
+
+    def size_at(self, epoch: int) -> int | None:
+        """The training image size of `epoch` (0-based), or None for full size."""
+        for size, epochs in self.schedule:
+            if epoch < epochs:
+                return size
+            epoch -= epochs
+        return None
+
+    def pixel_fraction(self, epoch: int) -> float:
+        """The share of full-size pixels `epoch` trains on; every conv's FLOPs scale with it (exactly where
+        the size and the full size halve alike through the network's poolings, e.g. 20 or 24 for 28)."""
+        size = self.size_at(epoch)
+        return 1.0 if size is None else size * size / (self.full_size[0] * self.full_size[1])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.size.assign(self.size_at(epoch) or 0)
+
+    def call(self, images, training=False):
+        if not training:
+            return images
+
+        size = self.size.value
+
+        def resized():
+            return tf.cast(tf.image.resize(images, tf.stack([size, size]), antialias=True), images.dtype)
+
+        return tf.cond(size > 0, resized, lambda: images)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "schedule": self.schedule}
+
+
 def _conv_bn_relu(x, filters: int, momentum: float, name: str, strides: int = 1, fused: bool = True):
     x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, kernel_initializer="he_normal",
                       name=f"{name}_conv")(x)
@@ -87,7 +149,8 @@ def _check_options(stem, stem_stride, widths, blocks, dropout, bn_momentum, rand
 
 @register_model("resnet_small")
 def resnet_small(input_shape, num_classes, stem=32, stem_stride=1, widths=(64, 128), blocks=(1, 1), dropout=0.0,
-                 bn_momentum=0.9, random_flip=False, random_shift=0.0, test_time_flip=False, fused_batch_norm=True):
+                 bn_momentum=0.9, random_flip=False, random_shift=0.0, test_time_flip=False, fused_batch_norm=True,
+                 progressive_resizing=()):
     """Residual BatchNorm CNN: a stem, then one stage per width, each at half the resolution of the last.
 
     The stem is a 3x3 conv-BN-ReLU at full resolution (`stem_stride=1`) or strided (`stem_stride=2`,
@@ -110,6 +173,9 @@ def resnet_small(input_shape, num_classes, stem=32, stem_stride=1, widths=(64, 1
         test_time_flip: predict the mean of each image and its mirror (default False).
         fused_batch_norm: train BatchNorm with TensorFlow's fused kernel (`FusedBatchNormalization`,
             same results, faster step); False uses Keras' own layer (default True).
+        progressive_resizing: [[size, epochs], ...]: train the first epochs on size x size images
+            (`ProgressiveResize`), then at full size; the run's `train_flops` counts the smaller
+            epochs at their size (default none).
 
     Example:
         model = build_model("resnet_small", (28, 28, 1), 10, random_flip=True, test_time_flip=True)
@@ -125,6 +191,8 @@ def resnet_small(input_shape, num_classes, stem=32, stem_stride=1, widths=(64, 1
         # (bilinear sampling blurs every shifted image, a train/test mismatch that costs accuracy).
         x = TrainingOnly(layers.RandomTranslation(random_shift, random_shift, fill_mode="constant",
                                                   interpolation="nearest"), name="random_shift")(x)
+    if progressive_resizing:
+        x = ProgressiveResize(progressive_resizing, name="progressive_resize")(x)
     if test_time_flip:
         x = TestTimeFlip(name="test_time_flip")(x)
     x = layers.Rescaling(1.0 / 255, name="rescale")(x)
