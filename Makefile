@@ -31,7 +31,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip uninstall --quiet --yes opencv-python-headless
 	# MediaPipe Tasks' vision API must import; its sounddevice dependency needs the PortAudio library
 	# (Debian libportaudio2) only for audio recording, which kerascnn does not use
-	$(BIN)/python -c "import cv2, mediapipe, keras_tuner, fastapi, grpc, tensorflow_serving.apis, cleanlab, imagehash; from mediapipe.tasks.python import vision"
+	$(BIN)/python -c "import cv2, mediapipe, keras_tuner, fastapi, httptools, uvloop, orjson, grpc, tensorflow_serving.apis, cleanlab, imagehash; from mediapipe.tasks.python import vision"
 	touch $(STAMP)
 
 demo: setup

@@ -15,8 +15,7 @@ Errors are `{"error": message}` with TF Serving's HTTP status for the code (400 
 404 for an unknown model or version); 413 for a body over `max_body_bytes`.
 
 Example (mount it in your own app):
-    import numpy as np
-from starlette.applications import Starlette
+    from starlette.applications import Starlette
     from starlette.routing import Mount
     from kerascnn.serve import create_app
     app = Starlette(routes=[Mount("/digits", app=create_app("saved_models/digits"))])

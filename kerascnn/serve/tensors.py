@@ -7,8 +7,10 @@ or `inputs` (columnar: one value or a `{name: value}` object), never both; strin
 are `{"examples": [{feature: value|list}], "context": {...}}`, turned into serialized tf.Example
 with the context merged in, as TF Serving does.
 
-Python's json module parses the NaN/Infinity tokens TF Serving accepts. The messages follow
-json_tensor.cc where the same check exists there.
+Bodies are parsed with orjson (several times faster than the json module on the nested number lists
+of a request); what it refuses goes to Python's json module, which also parses the NaN/Infinity tokens
+TF Serving accepts and words the error. The messages follow json_tensor.cc where the same check exists
+there.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import warnings
 
 import numpy as np
+import orjson
 from PIL import Image
 
 from kerascnn.serve.status import invalid
@@ -33,10 +36,9 @@ def parse_body(body: bytes) -> dict:
     if not body:
         raise invalid("JSON Parse error: The document is empty")
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        position = f" at offset: {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise invalid(f"JSON Parse error: {exc.msg if hasattr(exc, 'msg') else exc}{position}") from None
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:  # NaN/Infinity, or not JSON: the json module parses it or says what is wrong
+        document = _json_with_nan(body)
     if not isinstance(document, dict):
         raise invalid(f"JSON Value: {_short(document)} Is not object")
     name = document.get("signature_name", "")
@@ -44,6 +46,14 @@ def parse_body(body: bytes) -> dict:
         raise invalid(f"JSON Value: {_short(document)} not formatted correctly. 'signature_name' key must be a "
                       f"string value.")
     return document
+
+
+def _json_with_nan(body: bytes):
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        position = f" at offset: {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise invalid(f"JSON Parse error: {exc.msg if hasattr(exc, 'msg') else exc}{position}") from None
 
 
 def _short(value, limit: int = 200) -> str:
