@@ -234,7 +234,8 @@ def describe(manifest: dict) -> str:
     (0.54 of the machine's 316 float32 conv GFLOPS)`."""
     line = f"training: {manifest['train_flops']:.1e} FLOPs in {manifest['train_seconds']:.0f} s"
     if "achieved_gflops" in manifest:
-        line += f" = {manifest['achieved_gflops']:.0f} GFLOPS"
+        achieved = manifest["achieved_gflops"]
+        line += f" = {achieved:.0f} GFLOPS" if achieved >= 10 else f" = {achieved:.2g} GFLOPS"
         if "utilisation" in manifest:
             line += (f" ({manifest['utilisation']:.2f} of the machine's {manifest['conv_gflops']:.0f} float32 conv "
                      f"GFLOPS)")

@@ -75,7 +75,7 @@ def test_train_command_prints_run_dir_and_accuracy(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert f"run directory: {tmp_path / 'r'}" in out and "test accuracy:" in out
-    assert re.search(r"^training: \d\.\de\+\d+ FLOPs in \d+ s = \d+ GFLOPS \(\d\.\d\d of the machine's \d+ float32 "
+    assert re.search(r"^training: \d\.\de\+\d+ FLOPs in \d+ s = [\d.]+ GFLOPS \(\d\.\d\d of the machine's \d+ float32 "
                      r"conv GFLOPS\)$", out, re.MULTILINE)
     assert (tmp_path / "r" / "model.keras").is_file()
     # the same name again is refused unless --overwrite

@@ -8,6 +8,7 @@ Errors abort the call with the status code TF Serving uses (INVALID_ARGUMENT, NO
 from __future__ import annotations
 
 import logging
+import time
 from concurrent import futures
 
 import grpc
@@ -34,8 +35,6 @@ class _Calls:
         self.store = store
 
     def answer(self, api: str, context, work):
-        import time
-
         import tensorflow as tf
 
         started, status = time.perf_counter(), "OK"
