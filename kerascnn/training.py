@@ -84,6 +84,13 @@ class ProgressiveResizing(keras.callbacks.Callback):
                 layer.set_epoch(epoch)
 
 
+def resized_epochs(model: keras.Model) -> int:
+    """How many epochs a `progressive_resizing` model trains below full size: its validation loss (at full
+    size) says little about those, so early stopping starts counting after them."""
+    return max((sum(epochs for _, epochs in layer.schedule) for layer in model._flatten_layers()
+                if isinstance(layer, ProgressiveResize)), default=0)
+
+
 class AverageWeightsAtEpochEnd(keras.callbacks.SwapEMAWeights):
     """Validation and every callback between this one and `swap_back` see the optimizer's averaged weights.
 
@@ -135,7 +142,8 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int,
 
 
 def make_callbacks(config: TrainConfig, run_dir: Path | None, resume: ResumeState | None = None,
-                   continue_from: TrainResult | None = None) -> list[keras.callbacks.Callback]:
+                   continue_from: TrainResult | None = None,
+                   monitor_from_epoch: int = 0) -> list[keras.callbacks.Callback]:
     """TerminateOnNaN, EarlyStopping and ProgressiveResizing always; checkpoint, CSV history, backup and TensorBoard in a run dir.
 
     The order matters at each epoch end: with `use_ema` the averaged weights are swapped in for
@@ -143,7 +151,7 @@ def make_callbacks(config: TrainConfig, run_dir: Path | None, resume: ResumeStat
     checkpoint are written before the backup records the epoch as done, so a resume never skips or
     repeats an epoch. After
     `continue_from` (a fit this one carries on), history.csv is appended to and the checkpoint is
-    only replaced by a better one.
+    only replaced by a better one. Early stopping watches val_loss from `monitor_from_epoch` on.
     """
     averaging = AverageWeightsAtEpochEnd() if config.use_ema else None
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), ProgressiveResizing()]
@@ -152,7 +160,7 @@ def make_callbacks(config: TrainConfig, run_dir: Path | None, resume: ResumeStat
     if config.early_stopping_patience > 0:
         callbacks.append(ResumableEarlyStopping(resume, run_dir / CHECKPOINT_FILE if run_dir else None,
                                                 monitor="val_loss", patience=config.early_stopping_patience,
-                                                restore_best_weights=True))
+                                                restore_best_weights=True, start_from_epoch=monitor_from_epoch))
     if run_dir is not None:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         if resume:
@@ -238,7 +246,8 @@ def train(model: keras.Model, data: ImageData, config: TrainConfig | None = None
     if run_dir is not None and not resume:  # BackupAndRestore would silently continue a stale backup
         shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
     first_epoch = continue_from.epochs_run if continue_from else 0
-    callbacks = make_callbacks(config, run_dir, state, continue_from) + list(extra_callbacks or [])
+    callbacks = make_callbacks(config, run_dir, state, continue_from, monitor_from_epoch=resized_epochs(model))
+    callbacks += list(extra_callbacks or [])
     start = time.perf_counter()
     features = FeatureCache(model, data, global_batch, run_dir) if cache_plan and cache_plan.cached else None
     if cache_plan is not None and config.verbose:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from kerascnn.models import build_model, list_models
 from kerascnn.models.resnet import ProgressiveResize, TrainingOnly
 from kerascnn.predict import load
 from kerascnn.runner import run
-from kerascnn.training import train
+from kerascnn.training import make_callbacks, resized_epochs, train
 from kerascnn.data.datasets import from_arrays
 
 TINY = {"stem": 8, "widths": [16, 32], "blocks": [1, 1]}
@@ -128,6 +130,9 @@ def test_progressive_resizing_trains_the_first_epochs_small_and_counts_their_flo
                          precision="float32")
     train(model, from_arrays(x, y, x[:8], y[:8]), config, extra_callbacks=[StemShape()])
     assert seen == [12, 20, 0]  # 0: full size
+    assert resized_epochs(model) == 2  # early stopping watches val_loss (at full size) from the third epoch
+    callbacks = make_callbacks(dataclasses.replace(config, early_stopping_patience=3), None, monitor_from_epoch=2)
+    assert [c.start_from_epoch for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)] == [2]
     resize.set_epoch(0)
     assert resize(images, training=True).shape == (6, 12, 12, 1)
     assert resize(images).shape == (6, 28, 28, 1)  # inference is always at full size
