@@ -397,7 +397,9 @@ def build_transfer_model(backbone: str, input_shape, num_classes: int, transfer:
         x = keras.layers.Resizing(*seen_shape[:2], name="resize")(x)
     for layer in preprocessing_layers(row.preprocessing, seen_shape[-1]):
         x = layer(x)
-    # training=False keeps BatchNormalization in inference mode even once layers are unfrozen (fine_tune).
+    # training=False asks for inference mode, but Keras 3.15's fit still passes training=True into this nested
+    # call (Dropout inside the backbone is active); BatchNormalization stays in inference mode because fine_tune
+    # keeps it frozen (a frozen BatchNormalization always runs in inference mode).
     x = network(x, training=False) if pretrained else network(x)
     x = POOLING_LAYERS[pooling or row.pooling](name=POOL_LAYER)(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
