@@ -704,7 +704,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None:
+        if value is None and len(options) < len(typing.get_args(annotation)):  # an optional field
             return None
         for option in options[:-1]:  # e.g. zoom_range: a list or a number; the last option reports errors
             try:

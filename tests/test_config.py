@@ -110,3 +110,10 @@ def test_docs_config_reference_is_current_and_documents_every_key():
         "docs/config.md is stale: run `kerascnn config-reference > docs/config.md`")
     undocumented = [line for line in text.splitlines() if line.startswith("| `") and line.endswith("|  |")]
     assert not undocumented
+
+
+def test_none_for_a_field_that_cannot_be_none_is_a_config_error():
+    # found by tests/test_fuzz.py: a union field without None (zoom_range: a number or a pair) passed None through
+    with pytest.raises(ConfigError, match="augment.zoom_range must be a number, got None"):
+        config_from_dict({"augment": {"zoom_range": None}})
+    assert config_from_dict({"augment": {"brightness_range": None}}).augment.brightness_range is None
