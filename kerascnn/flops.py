@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerascnn.models.resnet import ProgressiveResize
+from kerascnn.models.resnet import progressive_resizes
 
 BACKWARD_FACTOR = 2  # backward ~ 2x forward: gradients w.r.t. activations and w.r.t. weights
 GEMM_SIZE = 2048  # machine_gflops: a 2048x2048 @ 2048x2048 matmul
@@ -208,7 +208,7 @@ def training_record(model: keras.Model, images_per_epoch: int, epochs_run: int, 
     is left out), and frozen layers make 3 x forward an overestimate.
     """
     per_image = training_flops_per_image(model)
-    resizes = [layer for layer in model._flatten_layers() if isinstance(layer, ProgressiveResize)]
+    resizes = progressive_resizes(model)
     full_size_epochs = sum(math.prod(layer.pixel_fraction(epoch) for layer in resizes) for epoch in range(epochs_run))
     record = {"flops_per_image": per_image, "train_flops": round(per_image * images_per_epoch * full_size_epochs)}
     if machine:

@@ -28,7 +28,7 @@ from kerascnn.distribute import (distribute_dataset, fit_distributed, global_bat
                                  strategy_name)
 from kerascnn.errors import ConfigError, TrainingError
 from kerascnn.feature_cache import FeatureCache, plan_cache
-from kerascnn.models.resnet import ProgressiveResize
+from kerascnn.models.resnet import progressive_resizes
 from kerascnn.models.transfer import DEFAULT_UNFREEZE, unfreeze_top
 from kerascnn.resume import (AtomicBackupAndRestore, AtomicModelCheckpoint, ResumableEarlyStopping, ResumeState,
                              TrainedModelSaver, resume_state)
@@ -79,16 +79,14 @@ class ProgressiveResizing(keras.callbacks.Callback):
     """Tells the model's `ProgressiveResize` layers which epoch starts, so they train at its image size."""
 
     def on_epoch_begin(self, epoch, logs=None):
-        for layer in self.model._flatten_layers():
-            if isinstance(layer, ProgressiveResize):
-                layer.set_epoch(epoch)
+        for layer in progressive_resizes(self.model):
+            layer.set_epoch(epoch)
 
 
 def resized_epochs(model: keras.Model) -> int:
     """How many epochs a `progressive_resizing` model trains below full size: its validation loss (at full
     size) says little about those, so early stopping starts counting after them."""
-    return max((sum(epochs for _, epochs in layer.schedule) for layer in model._flatten_layers()
-                if isinstance(layer, ProgressiveResize)), default=0)
+    return max((sum(epochs for _, epochs in layer.schedule) for layer in progressive_resizes(model)), default=0)
 
 
 class AverageWeightsAtEpochEnd(keras.callbacks.SwapEMAWeights):

@@ -108,7 +108,6 @@ class ProgressiveResize(layers.Layer):
     def call(self, images, training=False):
         if not training:
             return images
-
         size = self.size.value
 
         def resized():
@@ -121,6 +120,11 @@ class ProgressiveResize(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "schedule": self.schedule}
+
+
+def progressive_resizes(model: keras.Model) -> list[ProgressiveResize]:
+    """The model's `ProgressiveResize` layers, nested models included (none for most models)."""
+    return [layer for layer in model._flatten_layers() if isinstance(layer, ProgressiveResize)]
 
 
 def _conv_bn_relu(x, filters: int, momentum: float, name: str, strides: int = 1, fused: bool = True):
