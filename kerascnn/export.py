@@ -25,6 +25,7 @@ reason (`unsupported_artifacts`), not attempted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -32,7 +33,10 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 import zipfile
@@ -49,6 +53,7 @@ from kerascnn.data.decode import decode_encoded_image
 from kerascnn.data.imagedata import ImageData
 from kerascnn.errors import ConfigError, DataError, ExportError, ModelLoadError, PartialExport, first_line
 from kerascnn.evaluation import predict_split
+from kerascnn.memory import available_bytes, return_freed_memory
 from kerascnn.models.registry import model_input_shape
 from kerascnn.predict import ARTIFACT_METADATA_FILE, ARTIFACT_METADATA_KEY, Predictor
 from kerascnn.quiet import native_stderr
@@ -106,18 +111,15 @@ class ExportContext:
         archive.write_out(path, verbose=False)
         return path
 
-    def tflite_converter(self) -> tf.lite.TFLiteConverter:
-        """A fresh converter over the plain SavedModel (quiet, unlike from_keras_model)."""
-        return tf.lite.TFLiteConverter.from_saved_model(self.plain_saved_model)
-
     def representative_dataset(self):
         """The first `calibration_images` images of the (already shuffled) training split, one a batch
         (gray ones repeated into RGB for an RGB-input file)."""
         for image, _ in self.data.train.take(self.config.calibration_images):
-            yield [tf.expand_dims(tf.tile(image, [1, 1, 3]) if self.rgb_input else image, 0)]
+            yield [tf.expand_dims(tf.tile(image, [1, 1, 3]) if self.rgb_input else image, 0).numpy()]
 
-    def with_tflite_metadata(self, flatbuffer: bytes) -> bytes:
-        """`flatbuffer` with standard TFLite Metadata (labels, normalisation, general information)."""
+    def tflite_metadata(self) -> dict:
+        """`write_metadata`'s arguments for this model's standard TFLite Metadata (labels, normalisation,
+        general information), plain values that travel to a converter's own process."""
         config, height, width = self.config, *self.data.input_shape[:2]
         names = ", ".join(self.class_names[:10]) + (", ..." if len(self.class_names) > 10 else "")
         description = config.description or (
@@ -125,9 +127,9 @@ class ExportContext:
             f"takes a {height}x{width} {'gray' if self.data.input_shape[2] == 1 and not self.rgb_input else 'RGB'} "
             f"image, raw 0..255 pixels"
             + (" (converted to gray inside)" if self.rgb_input else "") + ".")
-        return write_metadata(flatbuffer, self.class_names, name=config.model_name or self.run_name or "kerascnn",
-                              description=description, version=config.version, author=config.author or "",
-                              license=config.license or "", gray_inside=self.rgb_input)
+        return {"class_names": list(self.class_names), "name": config.model_name or self.run_name or "kerascnn",
+                "description": description, "version": config.version, "author": config.author or "",
+                "license": config.license or "", "gray_inside": self.rgb_input}
 
 
 def write_keras(model: keras.Model, path: Path, context: ExportContext | None) -> None:
@@ -242,59 +244,164 @@ def input_description(predictor: Predictor) -> dict:
     return {"input": entry}
 
 
-def embed_metadata(flatbuffer: bytes, context: ExportContext, variant: str) -> bytes:
-    """The flatbuffer with `artifact_metadata` in its `metadata` table (LiteRT's flatbuffer_utils);
-    read back by `kerascnn.load`."""
+def embed_metadata(flatbuffer: bytes, entry: str) -> bytearray:
+    """The flatbuffer with `entry` (`artifact_metadata`'s JSON) in its `metadata` table (LiteRT's
+    flatbuffer_utils); read back by `kerascnn.load`."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
-    tflite_model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    tflite_model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)  # reads bytes in place: no copy
     graph = tflite_model.subgraphs[0]
     for index in graph.inputs:  # the name says what goes in: raw pixels, not pixels / 255
         graph.tensors[index].name = TFLITE_INPUT_NAME.encode()
     buffer = schema.BufferT()
-    buffer.data = np.frombuffer(artifact_metadata(context, variant).encode("utf-8"), np.uint8)
+    buffer.data = np.frombuffer(entry.encode("utf-8"), np.uint8)
     tflite_model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name = ARTIFACT_METADATA_KEY
     entry.buffer = len(tflite_model.buffers) - 1
     tflite_model.metadata = [*(tflite_model.metadata or []), entry]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(tflite_model))
+    return flatbuffer_utils.convert_object_to_bytearray(tflite_model)
 
 
-def tflite_writer(variant: str, quantize: Callable[[tf.lite.TFLiteConverter, ExportContext], None]) -> Callable:
-    """A writer converting the model to TFLite after `quantize` has set the converter's options."""
+def tflite_writer(variant: str, quantize: Callable[[tf.lite.TFLiteConverter, list, str], None]) -> Callable:
+    """A writer converting the plain SavedModel to TFLite after `quantize` has set the converter's options.
+
+    A model with more than `TFLITE_IN_PROCESS_MAX_BYTES` of weights is converted in a fresh process: in place
+    the converter needed about five times the weights at its peak and kept about three times of it afterwards
+    (convnext_large), so a 1.4 GB backbone's second variant was killed for memory on a 24 GB machine; a
+    process that ends gives all of it back. Smaller models convert in place, where starting a process
+    (importing TensorFlow again) would cost more than it saves.
+    """
 
     def write(model: keras.Model, path: Path, context: ExportContext) -> None:
-        converter = context.tflite_converter()
-        quantize(converter, context)
+        job = TFLiteJob(context.plain_saved_model, quantize,
+                        # only full-integer conversion calibrates: its images travel to the converter as arrays
+                        list(context.representative_dataset()) if quantize is _full_integer else [],
+                        context.config.int8_io, artifact_metadata(context, variant), context.tflite_metadata())
         try:
-            with native_stderr():  # the converter prints "fully_quantize: 0, ..." from C++
-                flatbuffer = converter.convert()
+            if weight_bytes(model) > TFLITE_IN_PROCESS_MAX_BYTES:
+                convert_in_fresh_process(job, path)
+            else:
+                with native_stderr():  # the converter prints "fully_quantize: 0, ..." from C++
+                    path.write_bytes(job.run())
+        except ConverterKilled:
+            raise ExportError(f"TFLite {variant} conversion was stopped: the system killed the converter's process, "
+                              f"most likely for memory (it needs about {tflite_conversion_bytes(model, variant) / 1e9:.0f} "
+                              f"GB free); drop {variant!r} from export.tflite or convert on a machine with more "
+                              f"memory") from None
         except Exception as exc:  # the converter raises ConverterError or plain exceptions, e.g. an op without
             # an int8 kernel when only TFLITE_BUILTINS_INT8 is allowed: never fall back to float silently
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ExportError(f"TFLite {variant} conversion failed: {first_line}; drop {variant!r} from "
+            raise ExportError(f"TFLite {variant} conversion failed: {first_line(exc)}; drop {variant!r} from "
                               f"export.tflite") from None
-        path.write_bytes(context.with_tflite_metadata(embed_metadata(flatbuffer, context, variant)))
 
     return write
 
 
-def _float16(converter, context) -> None:
+@dataclasses.dataclass(frozen=True)
+class TFLiteJob:
+    """One `.tflite` file to make, in plain values (so it can run in another process): the SavedModel, the
+    converter options (`quantize`, with `calibration` batches for full-integer conversion), kerascnn's
+    metadata entry and the standard TFLite Metadata's arguments."""
+
+    saved_model: str
+    quantize: Callable
+    calibration: list
+    int8_io: str
+    artifact_metadata: str
+    standard_metadata: dict
+
+    def run(self) -> bytes:
+        """The finished file: converted, with both metadata (each copy freed once the next exists)."""
+        converter = tf.lite.TFLiteConverter.from_saved_model(self.saved_model)
+        self.quantize(converter, self.calibration, self.int8_io)
+        flatbuffer = converter.convert()
+        del converter  # it holds the loaded SavedModel: the weights once more
+        flatbuffer = embed_metadata(flatbuffer, self.artifact_metadata)
+        return write_metadata(flatbuffer, **self.standard_metadata)
+
+
+TFLITE_IN_PROCESS_MAX_BYTES = 256 * 2**20
+TENSORFLOW_BYTES = 800 * 10**6  # what a fresh process's TensorFlow, Keras and kerascnn take before converting
+# A TFLite conversion's peak memory in its own process, over the model's weights, measured with convnext_xlarge
+# (1.39 GB of weights, 2026-12-01): float32 10.2 GB, int8 13.6 GB (it also calibrates a float model); float16 and
+# dynamic are not measured and taken as int8's. Meanwhile the exporting process holds what the artifacts before
+# kept: 0.3 times the weights after MediaPipe Tasks ran a file (convnext_base), rounded up.
+TFLITE_PEAK_FACTORS = {"float32": 6.7, "float16": 9.2, "dynamic": 9.2, "int8": 9.2}
+EXPORTER_GROWTH_FACTOR = 0.5
+
+
+def tflite_conversion_bytes(model: keras.Model, variant: str) -> int:
+    """Free memory that converting `model` to the TFLite `variant` needs, by the factors measured above."""
+    return int(TENSORFLOW_BYTES + (TFLITE_PEAK_FACTORS[variant] + EXPORTER_GROWTH_FACTOR) * weight_bytes(model))
+
+
+def weight_bytes(model: keras.Model) -> int:
+    """Bytes of the model's weights (trainable and not) in their own dtypes."""
+    return sum(int(np.prod(weight.shape)) * np.dtype(weight.dtype).itemsize for weight in model.weights)
+
+
+class ConverterKilled(Exception):
+    """The converter's own process was ended by a signal (the kernel's out-of-memory killer, as a rule)."""
+
+
+def convert_in_fresh_process(job: TFLiteJob, path: Path) -> None:
+    """`job.run()` in a new Python process that writes the file to `path` and ends.
+
+    The job travels as a pickle we write next to `path` (`quantize` by reference); the child sees this
+    process's sys.path. A plain subprocess, not multiprocessing: spawning runs the caller's main script
+    again in the child, which a script without an `if __name__ == "__main__"` guard does not survive. Its
+    stderr (TensorFlow's start-up lines, the converter's) goes through `native_stderr`. Raises
+    ConverterKilled if a signal ends it, RuntimeError with the child's error otherwise.
+    """
+    job_file, error = path.with_name(path.name + ".job"), path.with_name(path.name + ".error")
+    job_file.write_bytes(pickle.dumps((job, str(path), str(error))))
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)}
+    try:
+        with native_stderr():
+            command = f"import kerascnn.export as e; e.run_conversion_job({str(job_file)!r})"
+            code = subprocess.run([sys.executable, "-c", command], env=environment, stdin=subprocess.DEVNULL).returncode
+        if code < 0:
+            raise ConverterKilled(f"signal {-code}")
+        if code != 0:
+            raise RuntimeError(error.read_text() if error.is_file() else f"the converter's process exited with {code}")
+    finally:
+        job_file.unlink(missing_ok=True)
+        error.unlink(missing_ok=True)
+
+
+def run_conversion_job(job_file: str) -> None:
+    """The converter's process: offer itself first to the kernel's out-of-memory killer (the exporting process
+    holds the trained model and everything exported so far), convert, write; on failure write the error's
+    first line where `convert_in_fresh_process` reads it, and exit 1."""
+    job, path, error = pickle.loads(Path(job_file).read_bytes())
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    try:
+        Path(path).write_bytes(job.run())
+    except Exception as exc:  # whatever the converter raises is the parent's to report
+        Path(error).write_text(first_line(exc))
+        sys.exit(1)
+
+
+def _float32(converter, calibration, int8_io) -> None:
+    """No options: the float32 model as it is."""
+
+
+def _float16(converter, calibration, int8_io) -> None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_types = [tf.float16]
 
 
-def _dynamic_range(converter, context) -> None:
+def _dynamic_range(converter, calibration, int8_io) -> None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
 
-def _full_integer(converter, context) -> None:
+def _full_integer(converter, calibration, int8_io) -> None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = context.representative_dataset
+    converter.representative_dataset = lambda: iter(calibration)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = converter.inference_output_type = tf.as_dtype(context.config.int8_io)
+    converter.inference_input_type = converter.inference_output_type = tf.as_dtype(int8_io)
 
 
 ONNX_OPSET = 17
@@ -332,7 +439,7 @@ FORMAT_FILES: dict[str, dict[str, ArtifactSpec]] = {
     "onnx": {"model.onnx": ArtifactSpec(write_onnx, True)},
 }
 TFLITE_FILES: dict[str, tuple[str, ArtifactSpec]] = {
-    "float32": (FLOAT32_TFLITE, ArtifactSpec(tflite_writer("float32", lambda converter, context: None), True)),
+    "float32": (FLOAT32_TFLITE, ArtifactSpec(tflite_writer("float32", _float32), True)),
     "float16": ("model_float16.tflite", ArtifactSpec(tflite_writer("float16", _float16), False)),
     "dynamic": ("model_dynamic.tflite", ArtifactSpec(tflite_writer("dynamic", _dynamic_range), False)),
     "int8": ("model_int8.tflite", ArtifactSpec(tflite_writer("int8", _full_integer), False)),
@@ -371,6 +478,9 @@ def _found_by_name(layer_class) -> bool:
 def unsupported_artifacts(model: keras.Model, config: ExportConfig) -> dict[str, str]:
     """Planned artifact name -> why this model cannot be stored in that format (dropped, not attempted).
 
+    A TFLite variant is dropped when the machine has less free memory now than converting it needs
+    (`tflite_conversion_bytes`): a converter killed for memory would take the whole run with it.
+
     The legacy HDF5 format stores layers only, by class name: a graph that applies Keras operations
     directly (MobileNetV3's hard-swish `x + 3.0`, for example) is written but does not load again
     ("Only input tensors may be passed as positional arguments"), and neither does a layer class that is
@@ -390,6 +500,15 @@ def unsupported_artifacts(model: keras.Model, config: ExportConfig) -> dict[str,
             dropped["model.h5"] = (f"the legacy .h5 format finds layers by class name only and cannot load "
                                    f"{', '.join(unnamed)} (not a public or registered Keras layer) in {model.name}; "
                                    f"model.keras holds the same model")
+    available = available_bytes()
+    for variant, (name, _) in TFLITE_FILES.items():
+        needed = tflite_conversion_bytes(model, variant)
+        if name in planned_artifacts(config) and available is not None and needed > available:
+            dropped[name] = (f"converting {model.name}'s {weight_bytes(model) / 1e9:.1f} GB of weights to {variant} "
+                             f"TFLite needs about {needed / 1e9:.1f} GB of free memory and {available / 1e9:.1f} GB "
+                             f"are available; export it later in a process that holds less, `kerascnn export RUN "
+                             f"--set 'export.formats=[\"tflite\"]' --set 'export.tflite=[\"{variant}\"]'`, or "
+                             f"on a machine with more memory")
     return dropped
 
 
@@ -501,6 +620,21 @@ def mediapipe_tasks_parity(name: str, model: keras.Model, path: Path, data: Imag
     return result
 
 
+def write_and_check(name: str, spec: ArtifactSpec, path: Path, context: ExportContext,
+                    reference: tuple[np.ndarray, np.ndarray], uint8_reference: tuple[np.ndarray, np.ndarray] | None) -> dict:
+    """Write one artifact to `path`, reload it through `Predictor` (and MediaPipe Tasks for `.tflite`) and judge
+    it against the model's `reference` output; return its manifest entry. Raises what the writer raises, or
+    ExportError when a float artifact disagrees. The reloaded copy lives only as long as this call."""
+    model, data, thresholds = context.model, context.data, context.thresholds
+    spec.writer(model, path, context)
+    predictor = Predictor(path)
+    check = judge(name, parity(model, predictor, data, reference=reference, thresholds=thresholds), spec.exact)
+    consumers = {"mediapipe_tasks": mediapipe_tasks_parity(name, model, path, data, spec.exact, uint8_reference,
+                                                           thresholds)} if name.endswith(".tflite") else {}
+    size, sha = file_digest(path)
+    return {"bytes": size, "sha256": sha, "parity": check, **input_description(predictor), **consumers}
+
+
 def publish_version(source: Path, serving_root: Path) -> Path:
     """Move a SavedModel folder into `serving_root/<next integer version>` and return that path.
 
@@ -546,7 +680,7 @@ def _relative_sizes(artifacts: dict, run_dir: Path) -> None:
 
 
 def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: ExportConfig | None = None,
-           thresholds: list[float] | None = None) -> dict:
+           thresholds: list[float] | None = None, dropped: dict[str, str] | None = None) -> dict:
     """Write, reload and verify every artifact `config` asks for; return the manifest's `artifacts`.
 
     Each entry (keyed by the path relative to `run_dir`, or absolute for a SavedModel in a serving
@@ -556,7 +690,8 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     for MediaPipe Tasks' `ImageClassifier` running the file (or `skipped` with MediaPipe's reason).
     A multi-label model's `thresholds` (one a class) are embedded in the .tflite/.onnx metadata and the
     SavedModel's assets.extra. The SavedModel goes to the next integer version of `config.serving_root` (default
-    `run_dir/saved_model`). Raises ExportError, leaving existing files
+    `run_dir/saved_model`). `dropped`: the artifacts not to attempt, as `unsupported_artifacts` found them for
+    the caller's manifest (default: found here). Raises ExportError, leaving existing files
     untouched, if a float artifact disagrees with the model on any test image; DataError if int8 is
     asked for without training images to calibrate on.
 
@@ -566,8 +701,8 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     config = config or ExportConfig()
     run_dir = Path(run_dir)
     planned = planned_artifacts(config)
-    for name in unsupported_artifacts(model, config):
-        del planned[name]
+    for name in unsupported_artifacts(model, config) if dropped is None else dropped:
+        planned.pop(name, None)
     _check_inputs(planned, data, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     serving_root = Path(config.serving_root) if config.serving_root else run_dir / SAVED_MODEL_DIR
@@ -581,20 +716,12 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
                                         data) if any(name.endswith(".tflite") for name in planned) else None
         checks, failed = {}, {}
         for name, spec in planned.items():
-            path = staging / name
             try:
-                spec.writer(model, path, context)
-                predictor = Predictor(path)
-                check = judge(name, parity(model, predictor, data, reference=reference, thresholds=thresholds),
-                              spec.exact)
-                consumers = {"mediapipe_tasks": mediapipe_tasks_parity(name, model, path, data, spec.exact,
-                                                                       uint8_reference, thresholds)} \
-                    if name.endswith(".tflite") else {}
+                checks[name] = write_and_check(name, spec, staging / name, context, reference, uint8_reference)
             except Exception as exc:  # writers raise whatever their library raises
                 failed[name] = first_line(exc)
-                continue
-            size, sha = file_digest(path)
-            checks[name] = {"bytes": size, "sha256": sha, "parity": check, **input_description(predictor), **consumers}
+            finally:  # the artifact's converter and reloaded copy are gone: the next one starts without them
+                return_freed_memory()
         move_into_place(staging / LABELS_FILE, run_dir / LABELS_FILE)
         artifacts = {}
         for name, entry in checks.items():

@@ -293,7 +293,7 @@ def run(config: RunConfig | None = None, data: ImageData | None = None, resume: 
         warnings = data_warnings + notes + sanity  # the data warnings were logged when the data were read
         dropped = unsupported_artifacts(model, config.export)
         try:
-            artifacts, failed = export(model, run_dir, data, config.export, thresholds), {}
+            artifacts, failed = export(model, run_dir, data, config.export, thresholds, dropped), {}
         except PartialExport as exc:
             artifacts, failed, partial_error = exc.artifacts, exc.failed, exc
         distribution = {"strategy": strategy_name(strategy), "num_replicas_in_sync": result.num_replicas_in_sync,
@@ -472,9 +472,12 @@ def export_run(run_dir: str | Path, overrides: list[str] = (), serving_root: str
     predictor = load(run_dir / KERAS_FILE)
     model = predictor.runtime.model
     failure = None
+    dropped = unsupported_artifacts(model, config.export)
+    for name, reason in dropped.items():  # `train` shows them in its table; here they are said as warnings
+        warn_once(f"{name} was not written: {reason}")
     try:  # a multi-label run's thresholds are read from its manifest by the Predictor
         artifacts = export(model, run_dir, load_data(config.data, seed=config.run.seed), config.export,
-                           predictor.thresholds)
+                           predictor.thresholds, dropped)
     except PartialExport as exc:
         artifacts, failure = exc.artifacts, exc
     manifest = read_manifest(run_dir)
@@ -482,8 +485,8 @@ def export_run(run_dir: str | Path, overrides: list[str] = (), serving_root: str
         manifest["artifacts"] = {**manifest.get("artifacts", {}), **artifacts}
         failed = {name: reason for name, reason in manifest.get("failed_artifacts", {}).items() if name not in artifacts}
         manifest["failed_artifacts"] = {**failed, **(failure.failed if failure else {})}
-        manifest["dropped_artifacts"] = {**manifest.get("dropped_artifacts", {}),
-                                         **unsupported_artifacts(model, config.export)}
+        manifest["dropped_artifacts"] = {**{name: reason for name, reason in manifest.get("dropped_artifacts", {}).items()
+                                            if name not in artifacts}, **dropped}
         write_manifest(run_dir, manifest)
     if failure:
         raise failure

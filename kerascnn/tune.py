@@ -28,15 +28,12 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import datetime
-import gc
 import json
 import math
 import multiprocessing
 import os
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -56,6 +53,7 @@ from kerascnn.data.augment import make_augment
 from kerascnn.data.datasets import ImageData, load_data
 from kerascnn.errors import ConfigError, KerasCNNError, first_line
 from kerascnn.lr_find import resolve_learning_rate
+from kerascnn.memory import memory_mib, return_freed_memory
 from kerascnn.plots import new_figure
 from kerascnn.rundir import (CONFIG_FILE, MANIFEST_FILE, TRAINED_MODEL, write_atomically, write_json_atomically,
                              write_text_atomically)
@@ -181,26 +179,6 @@ class _Deadline(keras.callbacks.Callback):
             self.hit = self.model.stop_training = True
 
 
-def _return_freed_memory() -> None:
-    """Hand freed heap pages back to the system (glibc's malloc_trim), so memory freed by one trial
-    does not stay in the process's resident size as fragmentation; a no-op without glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def memory_mib() -> tuple[float | None, float]:
-    """(resident memory now, peak resident memory) of this process in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    try:
-        status = Path("/proc/self/status").read_text()
-        now = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
-    except (OSError, StopIteration):
-        now = None
-    return now, peak
-
-
 class _Search:
     """Runs the trials KerasTuner hands out: builds each trial's config, trains it, records it."""
 
@@ -305,8 +283,7 @@ class _Search:
         finally:
             del model
             keras.backend.clear_session()  # free the trial's graph and variables before the next trial
-            gc.collect()
-            _return_freed_memory()
+            return_freed_memory()
         record["seconds"] = round(time.perf_counter() - start, 3)
         record["rss_mib"], record["peak_rss_mib"] = memory_mib()
         write_json_atomically(trial_dir / TRIAL_RESULT, record)

@@ -1,6 +1,8 @@
 """Exports that fail keep what worked; formats a model cannot be stored in are dropped with the reason."""
 
 import json
+import os
+import signal
 
 import keras
 import pytest
@@ -9,7 +11,9 @@ from kerascnn import cli
 from kerascnn.config import DataConfig, ExportConfig, load_config
 from kerascnn.data.datasets import load_data
 from kerascnn.errors import ConfigError, PartialExport
-from kerascnn.export import FORMAT_FILES, ArtifactSpec, export, unsupported_artifacts
+from kerascnn import export as export_module
+from kerascnn.export import (FORMAT_FILES, TFLITE_FILES, ArtifactSpec, convert_in_fresh_process, export,
+                             tflite_writer, unsupported_artifacts)
 from kerascnn.models import build_model
 from kerascnn.rundir import TRAINED_MODEL
 from kerascnn.runner import run
@@ -117,3 +121,50 @@ def test_tflite_inputs_say_raw_pixels_and_the_manifest_states_the_int8_scale_as_
     assert described["name"] == details["name"] == "images_raw_pixels_0_255" and described["dtype"] == "uint8"
     assert (described["scale"], described["zero_point"]) == (float(details["quantization"][0]),
                                                              details["quantization"][1])
+
+
+def _converter_killed(converter, calibration, int8_io):
+    """Runs in the converter's own process: dies there as the out-of-memory killer would end it."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_large_model_converts_to_tflite_in_its_own_process_with_parity(digits, tmp_path, monkeypatch):
+    """Above TFLITE_IN_PROCESS_MAX_BYTES the converter runs in a fresh process, which gives back the memory the
+    converter keeps (convnext_xlarge was killed for memory on 24 GB without it): same files, same parity."""
+    model = build_model("mlp", digits.input_shape, 3, hidden=[8])
+    monkeypatch.setattr(export_module, "TFLITE_IN_PROCESS_MAX_BYTES", 0)
+    spawned = []
+    monkeypatch.setattr(export_module, "convert_in_fresh_process",
+                        lambda job, path: spawned.append(job.quantize.__name__) or convert_in_fresh_process(job, path))
+    artifacts = export(model, tmp_path, digits, ExportConfig(formats=("tflite",), tflite=("float32", "int8")))
+    assert spawned == ["_float32", "_full_integer"]
+    assert artifacts["model.tflite"]["parity"]["passed"] and artifacts["model.tflite"]["parity"]["max_abs_diff"] < 1e-5
+    assert artifacts["model_int8.tflite"]["parity"]["top1_agreement"] >= 0.99
+    assert artifacts["model_int8.tflite"]["input"]["dtype"] == "uint8"
+
+
+def test_a_converter_process_killed_for_memory_fails_its_artifact_alone(digits, tmp_path, monkeypatch):
+    model = build_model("mlp", digits.input_shape, 3, hidden=[8])
+    monkeypatch.setattr(export_module, "TFLITE_IN_PROCESS_MAX_BYTES", 0)
+    monkeypatch.setitem(TFLITE_FILES, "float32", ("model.tflite", ArtifactSpec(tflite_writer("float32",
+                                                                                           _converter_killed), True)))
+    with pytest.raises(PartialExport) as error:
+        export(model, tmp_path, digits, ExportConfig(formats=("keras", "tflite"), tflite=("float32",)))
+    assert list(error.value.failed) == ["model.tflite"] and list(error.value.artifacts) == ["model.keras"]
+    assert "the system killed the converter's process, most likely for memory" in error.value.failed["model.tflite"]
+    assert (tmp_path / "model.keras").is_file() and not (tmp_path / "model.tflite").exists()
+
+
+def test_a_tflite_variant_the_machine_lacks_the_memory_for_is_dropped_with_the_reason(digits, tmp_path, monkeypatch):
+    """convnext_xlarge's int8 conversion needs about 13.6 GB in its own process: on a machine without that much
+    free, the variant is dropped beforehand with what it needs, instead of a converter killed mid-export."""
+    model = build_model("mlp", digits.input_shape, 3, hidden=[8])
+    config = ExportConfig(formats=("keras", "tflite"), tflite=("float32", "int8"))
+    assert unsupported_artifacts(model, config) == {}
+    monkeypatch.setattr(export_module, "available_bytes", lambda: 500 * 10**6)
+    dropped = unsupported_artifacts(model, config)
+    assert set(dropped) == {"model.tflite", "model_int8.tflite"}
+    assert "to int8 TFLite needs about 0.8 GB of free memory and 0.5 GB are available" in dropped["model_int8.tflite"]
+    assert """--set 'export.tflite=["int8"]'""" in dropped["model_int8.tflite"]
+    artifacts = export(model, tmp_path, digits, config, dropped=dropped)
+    assert list(artifacts) == ["model.keras"] and not list(tmp_path.glob("*.tflite"))

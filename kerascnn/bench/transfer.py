@@ -120,7 +120,7 @@ def train_and_export(name: str, size: int, images: int, seed: int = 42) -> dict:
     dropped = unsupported_artifacts(model, config)
     with tempfile.TemporaryDirectory() as run_dir:
         try:
-            artifacts, failed = export(model, run_dir, data, config), {}
+            artifacts, failed = export(model, run_dir, data, config, dropped=dropped), {}
         except PartialExport as exc:
             artifacts, failed = exc.artifacts, exc.failed
     exact = [entry["parity"]["max_abs_diff"] for entry in artifacts.values() if entry["parity"]["criterion"] == "exact"]
