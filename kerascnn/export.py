@@ -12,7 +12,8 @@ Writers use the ecosystem's own exporters: `model.save` (.keras, legacy .h5), Ke
 writer for the standard TFLite Metadata (`kerascnn.tflite_metadata`), and optionally tf2onnx (ONNX).
 Each `.tflite` file is also run by MediaPipe Tasks' `ImageClassifier`, held to the same bars.
 
-Float artifacts must agree with the model on every test image (|delta p| <= 1e-4) or they fail.
+Float artifacts must agree with the model on every test image (|delta p| <= 1e-4, or 4 times the model's own
+graph-vs-eager difference where that is larger: `float_tolerance`) or they fail.
 Quantized TFLite variants must agree on >= 99.5 % with <= 0.5 point accuracy drop; one that does
 not is still written but flagged (`parity.passed: false` with a `warning`) and logged.
 
@@ -62,6 +63,11 @@ from kerascnn.tflite_input import takes_rgb_in_tflite, write_rgb_input_saved_mod
 from kerascnn.tflite_metadata import write_metadata
 
 FLOAT_TOLERANCE = 1e-4
+# A float artifact may differ from the model's eager call by this multiple of the model's own graph-vs-eager
+# difference where that is the larger bar: efficientnet_v2_l (1,028 layers, random weights after one epoch)
+# under tf.function differs from itself called eagerly by 1.35e-3, its SavedModel matches the tf.function call
+# exactly, and its float32 TFLite file (XNNPACK's kernels) is at 2.9 times that difference from the eager call.
+SELF_NOISE_MULTIPLE = 4
 TIE_TOLERANCE = 1e-6
 QUANTIZED_MIN_AGREEMENT = 0.995
 QUANTIZED_MAX_ACCURACY_DROP = 0.005
@@ -84,6 +90,7 @@ class ExportContext:
     scratch: Path
     run_name: str = ""
     thresholds: list[float] | None = None
+    float_tolerance: float = FLOAT_TOLERANCE  # the max |dp| a float artifact may show (`float_tolerance`)
 
     @functools.cached_property
     def rgb_input(self) -> bool:
@@ -576,14 +583,27 @@ def parity(model: keras.Model, predictor: Predictor, data: ImageData, batch_size
             "accuracy_drop": accuracy_drop}
 
 
-def judge(name: str, check: dict, exact: bool) -> dict:
-    """Add `criterion` and `passed` to a parity result; fail on a float artifact, warn on a quantized one."""
+def float_tolerance(model: keras.Model, data: ImageData, reference: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    """(the max |dp| a float artifact may show, the model's own graph-vs-eager max |dp| on the test split).
+
+    Every float artifact runs the model as a graph; a deep network can disagree with itself that much between
+    `model(x)` and `tf.function(model)(x)`, which no exporter can undo. The bar is FLOAT_TOLERANCE unless
+    SELF_NOISE_MULTIPLE times that self-difference is larger."""
+    graph = tf.function(lambda images: model(images, training=False))
+    noise = float(np.abs(np.asarray(predict_split(graph, data)[0]) - np.asarray(reference[0])).max())
+    return max(FLOAT_TOLERANCE, SELF_NOISE_MULTIPLE * noise), noise
+
+
+def judge(name: str, check: dict, exact: bool, tolerance: float = FLOAT_TOLERANCE) -> dict:
+    """Add `criterion` and `passed` to a parity result; fail on a float artifact (top-1 agreement 1 and max |dp|
+    within `tolerance`, recorded), warn on a quantized one."""
     if exact:
-        passed = check["top1_agreement"] == 1.0 and check["max_abs_diff"] <= FLOAT_TOLERANCE
+        passed = check["top1_agreement"] == 1.0 and check["max_abs_diff"] <= tolerance
         if not passed:
             raise ExportError(f"{name} does not predict what the trained model predicts (top-1 agreement "
-                              f"{check['top1_agreement']:.4f}, max |dp| {check['max_abs_diff']:.2e})")
-        return {**check, "criterion": "exact", "passed": True}
+                              f"{check['top1_agreement']:.4f}, max |dp| {check['max_abs_diff']:.2e} > "
+                              f"{tolerance:.1e})")
+        return {**check, "criterion": "exact", "tolerance": tolerance, "passed": True}
     passed = (check["top1_agreement"] >= QUANTIZED_MIN_AGREEMENT
               and check["accuracy_drop"] <= QUANTIZED_MAX_ACCURACY_DROP)
     result = {**check, "criterion": "quantized", "passed": passed}
@@ -598,7 +618,8 @@ def judge(name: str, check: dict, exact: bool) -> dict:
 
 
 def mediapipe_tasks_parity(name: str, model: keras.Model, path: Path, data: ImageData, exact: bool,
-                           reference: tuple[np.ndarray, np.ndarray], thresholds: list[float] | None = None) -> dict:
+                           reference: tuple[np.ndarray, np.ndarray], thresholds: list[float] | None = None,
+                           tolerance: float = FLOAT_TOLERANCE) -> dict:
     """`parity` of a `.tflite` file run by MediaPipe Tasks' `ImageClassifier`, judged like the file
     itself (`judge`), or `{"skipped": reason}` where MediaPipe cannot run it (a 1-channel input kept
     with export.tflite_gray_input, int8 I/O). MediaPipe takes uint8 images, so `reference` is the
@@ -613,7 +634,7 @@ def mediapipe_tasks_parity(name: str, model: keras.Model, path: Path, data: Imag
         return {"skipped": str(exc)}
     with classifier:
         result = judge(f"{name} in MediaPipe Tasks", parity(model, classifier, data, reference=reference,
-                                                            thresholds=thresholds), exact)
+                                                            thresholds=thresholds), exact, tolerance)
         if classifier.class_names != list(data.class_names):
             raise ExportError(f"MediaPipe Tasks reads the classes of {name} as {classifier.class_names[:5]}..., not "
                               f"{list(data.class_names)[:5]}...; nothing was written")
@@ -628,9 +649,11 @@ def write_and_check(name: str, spec: ArtifactSpec, path: Path, context: ExportCo
     model, data, thresholds = context.model, context.data, context.thresholds
     spec.writer(model, path, context)
     predictor = Predictor(path)
-    check = judge(name, parity(model, predictor, data, reference=reference, thresholds=thresholds), spec.exact)
+    check = judge(name, parity(model, predictor, data, reference=reference, thresholds=thresholds), spec.exact,
+                  context.float_tolerance)
     consumers = {"mediapipe_tasks": mediapipe_tasks_parity(name, model, path, data, spec.exact, uint8_reference,
-                                                           thresholds)} if name.endswith(".tflite") else {}
+                                                           thresholds, context.float_tolerance)} \
+        if name.endswith(".tflite") else {}
     size, sha = file_digest(path)
     return {"bytes": size, "sha256": sha, "parity": check, **input_description(predictor), **consumers}
 
@@ -709,9 +732,14 @@ def export(model: keras.Model, run_dir: str | Path, data: ImageData, config: Exp
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=run_dir))
     try:
         (staging / LABELS_FILE).write_text("\n".join(data.class_names) + "\n", encoding="utf-8")
-        context = ExportContext(model, list(data.class_names), data, config, staging / ".scratch",
-                                run_name=run_dir.resolve().name, thresholds=thresholds)
         reference = predict_split(lambda images: model(images, training=False), data)
+        tolerance, self_noise = float_tolerance(model, data, reference)
+        if tolerance > FLOAT_TOLERANCE:
+            log.warning("%s gives other probabilities as a graph than called eagerly (max |dp| %.1e on the test "
+                        "images): its float artifacts are held to |dp| <= %.1e instead of %.0e", model.name, self_noise,
+                        tolerance, FLOAT_TOLERANCE)
+        context = ExportContext(model, list(data.class_names), data, config, staging / ".scratch",
+                                run_name=run_dir.resolve().name, thresholds=thresholds, float_tolerance=tolerance)
         uint8_reference = predict_split(lambda images: model(tf.clip_by_value(tf.round(images), 0, 255), training=False),
                                         data) if any(name.endswith(".tflite") for name in planned) else None
         checks, failed = {}, {}

@@ -480,3 +480,16 @@ def test_requests_of_one_loop_turn_share_one_model_call():
     assert [answer["y"].tolist() for answer in together] == [[[2.0 * i] * 3] for i in range(6)]
     assert alone["y"].tolist() == [[14.0] * 3] * 2 and threaded["y"].tolist() == [[2.0] * 3]
     assert calls == [4, 2, 2, 1]  # six requests of one turn in two calls (max 4 rows), then one call each
+
+
+@pytest.mark.parametrize("array", [np.array([[0.25, 0.75]], np.float32), np.array([7, -1], np.int64),
+                                   np.array([[True, False]]), np.zeros((2, 0, 3), np.float64),
+                                   np.array([b"cat", b"dog"], object), np.asfortranarray(np.eye(3, dtype=np.int32))])
+def test_grpc_output_tensors_read_back_as_tf_make_tensor_proto_writes_them(array):
+    import tensorflow as tf
+    from kerascnn.serve.grpc_service import tensor_proto
+
+    proto = tensor_proto(array)
+    assert proto.dtype == tf.make_tensor_proto(array).dtype
+    back = tf.make_ndarray(proto)
+    assert back.shape == array.shape and back.dtype == array.dtype and (back == array).all()

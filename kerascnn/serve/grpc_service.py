@@ -13,6 +13,8 @@ from concurrent import futures
 
 import grpc
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow_serving.apis import (classification_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
@@ -28,6 +30,17 @@ def _spec(request) -> tuple[str, int | None, str | None]:
     return spec.name, version, spec.version_label or None
 
 
+def tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """`tf.make_tensor_proto(array)` for a numeric array in a quarter of its time (measured: 4 against 16 us a
+    call): the bytes as `tensor_content`, as tf.make_tensor_proto writes them too; strings go through it."""
+    if array.dtype.kind not in "biuf":
+        return tf.make_tensor_proto(array)
+    proto = tensor_pb2.TensorProto(dtype=tf.as_dtype(array.dtype).as_datatype_enum,
+                                   tensor_content=np.ascontiguousarray(array).tobytes())
+    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape)
+    return proto
+
+
 class _Calls:
     """Turns ServingError / TensorFlow input errors into gRPC status codes and counts every call."""
 
@@ -35,8 +48,6 @@ class _Calls:
         self.store = store
 
     def answer(self, api: str, context, work):
-        import tensorflow as tf
-
         started, status = time.perf_counter(), "OK"
         try:
             return work()
@@ -56,8 +67,6 @@ class _Calls:
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _Calls):
     def Predict(self, request, context):
-        import tensorflow as tf
-
         def work():
             name, version, label = _spec(request)
             with self.store.acquire(name, version, label) as servable:
@@ -77,7 +86,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
                 response.model_spec.version.value = servable.version
                 response.model_spec.signature_name = signature or "serving_default"
                 for key in sorted(wanted):
-                    response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
+                    response.outputs[key].CopyFrom(tensor_proto(outputs[key]))
                 return response
 
         return self.answer("predict", context, work)
