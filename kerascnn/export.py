@@ -494,8 +494,8 @@ def unsupported_artifacts(model: keras.Model, config: ExportConfig) -> dict[str,
     neither public nor registered (InceptionResNetV2's `CustomScaleLayer`: "Unknown layer"), which the
     `.keras` format finds by its module instead.
     """
-    dropped = {}
-    if "model.h5" in planned_artifacts(config):
+    dropped, planned, available = {}, planned_artifacts(config), available_bytes()
+    if "model.h5" in planned:
         operations = list(_operations(model))
         ops = sorted({type(op).__name__ for op in operations if not isinstance(op, keras.layers.Layer)})
         unnamed = sorted({type(op).__name__ for op in operations
@@ -507,10 +507,9 @@ def unsupported_artifacts(model: keras.Model, config: ExportConfig) -> dict[str,
             dropped["model.h5"] = (f"the legacy .h5 format finds layers by class name only and cannot load "
                                    f"{', '.join(unnamed)} (not a public or registered Keras layer) in {model.name}; "
                                    f"model.keras holds the same model")
-    available = available_bytes()
     for variant, (name, _) in TFLITE_FILES.items():
         needed = tflite_conversion_bytes(model, variant)
-        if name in planned_artifacts(config) and available is not None and needed > available:
+        if name in planned and available is not None and needed > available:
             dropped[name] = (f"converting {model.name}'s {weight_bytes(model) / 1e9:.1f} GB of weights to {variant} "
                              f"TFLite needs about {needed / 1e9:.1f} GB of free memory and {available / 1e9:.1f} GB "
                              f"are available; export it later in a process that holds less, `kerascnn export RUN "
