@@ -72,16 +72,17 @@ def test_a_float_artifact_that_disagrees_fails_the_export():
 
 
 class GraphOnlyNudge(keras.layers.Layer):
-    """Adds 2e-3 to the first logit only when traced as a graph: a model that, like efficientnet_v2_l's 1,028
+    """Adds 1e-3 to the first logit only when traced as a graph: a model that, like efficientnet_v2_l's 1,028
     layers, gives other probabilities under tf.function than called eagerly (there by 1.35e-3)."""
 
     def call(self, logits):
-        return logits if tf.executing_eagerly() else logits + tf.constant([2e-3, 0.0, 0.0])
+        return logits if tf.executing_eagerly() else logits + tf.constant([1e-3, 0.0, 0.0])
 
 
 def test_a_float_artifact_is_held_to_the_models_own_graph_vs_eager_difference(digits, tmp_path, caplog):
     inputs = keras.Input(digits.input_shape)
-    logits = GraphOnlyNudge()(keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    # zero logits: every probability 1/3, where the nudge moves them most (|dp| 2.2e-4), whatever the seed
+    logits = GraphOnlyNudge()(keras.layers.Dense(3, kernel_initializer="zeros")(keras.layers.Flatten()(inputs)))
     model = keras.Model(inputs, keras.layers.Softmax()(logits))
     reference = predict_split(lambda images: model(images, training=False), digits)
     tolerance, noise = float_tolerance(model, digits, reference)
