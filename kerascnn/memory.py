@@ -26,19 +26,20 @@ def return_freed_memory() -> None:
 def memory_mib() -> tuple[float | None, float]:
     """(resident memory now, peak resident memory) of this process in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    try:
-        status = Path("/proc/self/status").read_text()
-        now = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
-    except (OSError, StopIteration):
-        now = None
-    return now, peak
+    now = _kib_field("/proc/self/status", "VmRSS:")
+    return (now / 1024 if now is not None else None), peak
 
 
 def available_bytes() -> int | None:
     """The memory the kernel says can still be given to programs without swapping (MemAvailable), or None
     where /proc/meminfo does not say."""
+    available = _kib_field("/proc/meminfo", "MemAvailable:")
+    return available * 1024 if available is not None else None
+
+
+def _kib_field(path: str, key: str) -> int | None:
+    """The kB figure on the line of /proc file `path` that starts with `key`, or None without one."""
     try:
-        meminfo = Path("/proc/meminfo").read_text()
-        return next(int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemAvailable:")) * 1024
+        return next(int(line.split()[1]) for line in Path(path).read_text().splitlines() if line.startswith(key))
     except (OSError, StopIteration, ValueError):
         return None
