@@ -311,9 +311,12 @@ def cmd_augment_preview(args) -> int:
     if args.images < 1 or args.variants < 1:
         raise KerasCNNError("--images and --variants must be at least 1")
     config = load_config(args.config, args.preset, args.set, {"data.dataset": args.dataset} if args.dataset else None)
-    if not config.augment.enabled:
-        print("no augmentation configured: showing the course notes' ImageDataGenerator parameters "
+    if not config.augment.per_image_enabled:
+        print("no per-image augmentation configured: showing the course notes' ImageDataGenerator parameters "
               "(rotation 20, shifts 0.1, shear 10, zoom 0.1, horizontal flip)", file=sys.stderr)
+    if config.augment.mixup or config.augment.cutmix:
+        print("augment.mixup / cutmix mix pairs of images within each training batch: the preview does not show "
+              "them", file=sys.stderr)
 
     from kerascnn.data.augment import write_preview
 

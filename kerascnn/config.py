@@ -169,8 +169,17 @@ class AugmentConfig:
         brightness_range: multiply pixels by a factor drawn from [low, high] (default None: off).
         channel_shift_range: add a uniform offset in [-c, c] to every channel, clipped to the image's
             value range (default 0).
+        rand_augment: RandAugment (Keras' `RandAugment` layer): this many operations drawn at random for
+            each training image, after the transformations above; 0 is off (default 0).
+        rand_augment_factor: the strength of those operations, in (0, 1] (RandAugment's `factor`) (default 0.5).
+        mixup: MixUp (Keras' `MixUp` layer): each training batch blends pairs of its images and their labels,
+            the weight drawn from Beta(mixup, mixup); 0 is off, Keras' default is 0.2 (default 0).
+        cutmix: CutMix (Keras' `CutMix` layer, its `factor`): pastes a box of another image of the batch into
+            each image and mixes the labels by the box's area, its share drawn from Beta(a, a) with a drawn
+            from [0, cutmix] for each batch; in (0, 1], 0 is off, Keras' default is 1.0. With mixup set too,
+            each batch gets one of the two, chosen at random (timm's switch) (default 0).
         backend: fast (OpenCV inside the tf.data pipeline) | legacy (the real Keras
-            ImageDataGenerator with its own input path) (default fast).
+            ImageDataGenerator with its own input path; without rand_augment, mixup and cutmix) (default fast).
     """
 
     rotation_range: float = 0.0
@@ -184,6 +193,10 @@ class AugmentConfig:
     cval: float = 0.0
     brightness_range: tuple[float, ...] | None = None
     channel_shift_range: float = 0.0
+    rand_augment: int = 0
+    rand_augment_factor: float = 0.5
+    mixup: float = 0.0
+    cutmix: float = 0.0
     backend: str = "fast"
 
     def __post_init__(self):
@@ -212,8 +225,18 @@ class AugmentConfig:
                    f"got {list(self.brightness_range)}")
         _check(self.channel_shift_range >= 0.0,
                f"augment.channel_shift_range must be >= 0, got {self.channel_shift_range}")
+        _check(self.rand_augment >= 0, f"augment.rand_augment must be a number of operations >= 0 (0: off), "
+                                       f"got {self.rand_augment}")
+        _check(0.0 < self.rand_augment_factor <= 1.0,
+               f"augment.rand_augment_factor must be in (0, 1], got {self.rand_augment_factor}")
+        _check(self.mixup >= 0.0, f"augment.mixup must be a Beta distribution parameter > 0 (0: off), "
+                                  f"got {self.mixup}")
+        _check(0.0 <= self.cutmix <= 1.0, f"augment.cutmix must be in (0, 1] (0: off), got {self.cutmix}")
         _check(self.backend in AUGMENT_BACKENDS, f"augment.backend: unknown backend {self.backend!r}"
                f"{suggest(self.backend, AUGMENT_BACKENDS)}; choose from {', '.join(AUGMENT_BACKENDS)}")
+        _check(self.backend == "fast" or not self.keras_layers_enabled,
+               "augment.rand_augment, mixup and cutmix run as Keras layers in the fast backend's pipeline, which "
+               "augment.backend = 'legacy' replaces with ImageDataGenerator's; set augment.backend = 'fast'")
 
     @property
     def zoom_bounds(self) -> tuple[float, float]:
@@ -223,11 +246,26 @@ class AugmentConfig:
         return 1.0 - self.zoom_range, 1.0 + self.zoom_range
 
     @property
-    def enabled(self) -> bool:
-        """Whether any random transformation is configured."""
+    def transforms_enabled(self) -> bool:
+        """Whether any of ImageDataGenerator's per-image transformations is configured."""
         return bool(self.rotation_range or self.width_shift_range or self.height_shift_range or self.shear_range
                     or self.zoom_bounds != (1.0, 1.0) or self.horizontal_flip or self.vertical_flip
                     or self.brightness_range is not None or self.channel_shift_range)
+
+    @property
+    def keras_layers_enabled(self) -> bool:
+        """Whether RandAugment, MixUp or CutMix is configured."""
+        return bool(self.rand_augment or self.mixup or self.cutmix)
+
+    @property
+    def per_image_enabled(self) -> bool:
+        """Whether anything that augments each image on its own (not MixUp / CutMix) is configured."""
+        return self.transforms_enabled or bool(self.rand_augment)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any random augmentation is configured."""
+        return self.transforms_enabled or self.keras_layers_enabled
 
 
 TRANSFER_STRATEGIES = ("feature_extraction", "truncate", "fine_tune", "from_scratch")
@@ -282,7 +320,7 @@ class ModelConfig:
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_FIND = "find"  # train.learning_rate value that runs the learning-rate range test first
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "linear", "one_cycle")  # kerascnn.training.learning_rate
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")  # kerascnn.distribute.make_strategy
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies, and auto
 
@@ -300,8 +338,12 @@ class TrainConfig:
         momentum: momentum for sgd and rmsprop (default 0.9).
         nesterov: Nesterov momentum for sgd (default False).
         weight_decay: decoupled weight decay for adamw (default 0.0001).
-        schedule: constant | cosine: cosine decays to 0 over all steps (default constant).
-        warmup_epochs: epochs of linear warm-up before the schedule (default 0).
+        schedule: constant | cosine | linear | one_cycle: cosine decays to 0 over the steps after the
+            warm-up, linear decays to 0 in a straight line; one_cycle is fastai's `fit_one_cycle` for the
+            learning rate (from learning_rate / 25 up to it by a half-cosine over the warm-up, a quarter
+            of the steps unless warmup_epochs is set, then down to learning_rate / 1e5; momentum is not cycled,
+            as Keras' optimizers take a fixed one) (default constant).
+        warmup_epochs: epochs of warm-up before the schedule: linear from 0, or one_cycle's rise (default 0).
         label_smoothing: categorical label smoothing (default 0.0).
         use_ema: keep an exponential moving average of the weights (Keras' optimizer `use_ema`);
             validation, early stopping, the best checkpoint and the trained model use the averaged
@@ -373,7 +415,8 @@ class TrainConfig:
         _check(0.0 <= self.momentum < 1.0, f"train.momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.schedule in SCHEDULES,
-               f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+               f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+               f"{suggest(self.schedule, SCHEDULES)}")
         _check(0 <= self.warmup_epochs < self.epochs,
                f"train.warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         _check(0.0 <= self.label_smoothing < 1.0,

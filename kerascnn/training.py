@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+from keras import ops
 
 from kerascnn.config import TrainConfig
 from kerascnn.data.imagedata import ImageData
@@ -49,10 +50,57 @@ class TrainResult:
     feature_cache: list[dict] = dataclasses.field(default_factory=list)  # one entry a fit of a transfer model
 
 
+ONE_CYCLE_RISE = 0.25  # fastai's fit_one_cycle: the share of steps the rate rises (pct_start) ...
+ONE_CYCLE_START_DIVISOR = 25.0  # ... from peak / 25 (div) ...
+ONE_CYCLE_END_DIVISOR = 1e5  # ... and falls to peak / 1e5 at the last step (div_final)
+
+
+@keras.saving.register_keras_serializable(package="kerascnn")
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning rate that rises from `start` to `peak` over `warmup_steps`, then falls to `end` at
+    `total_steps`; both phases linear, or both half-cosines (`cosine=True`).
+
+    Written here because Keras has no such schedule: its CosineDecay rises linearly and decays by a
+    cosine, its PolynomialDecay (power 1: linear) has no warm-up. It serves `train.schedule = "linear"`
+    (0 -> peak -> 0, linear) and `"one_cycle"` (fastai's `fit_one_cycle`: peak / 25 -> peak -> peak / 1e5,
+    cosine); past `total_steps` the rate stays at `end`.
+    """
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0, start: float = 0.0, end: float = 0.0,
+                 cosine: bool = False, name: str = "WarmupDecay"):
+        self.peak, self.total_steps, self.warmup_steps = float(peak), int(total_steps), int(warmup_steps)
+        self.start, self.end, self.cosine, self.name = float(start), float(end), bool(cosine), name
+
+    def _ramp(self, low, high, fraction):
+        """From `low` (fraction 0) to `high` (fraction 1)."""
+        if self.cosine:
+            fraction = (1.0 - ops.cos(math.pi * fraction)) / 2.0
+        return low + (high - low) * fraction
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warmup = float(self.warmup_steps)
+        rising = self._ramp(self.start, self.peak, ops.clip(step / max(warmup, 1.0), 0.0, 1.0))
+        falling = self._ramp(self.peak, self.end,
+                             ops.clip((step - warmup) / max(self.total_steps - warmup, 1.0), 0.0, 1.0))
+        return ops.where(step < warmup, rising, falling)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "start": self.start, "end": self.end, "cosine": self.cosine, "name": self.name}
+
+
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
-    """The configured learning rate: a float, or a Keras schedule (cosine and/or warm-up)."""
+    """The configured learning rate: a float, or a Keras schedule (warm-up, then constant, cosine, linear or
+    one cycle)."""
     total = config.epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
+    if config.schedule == "linear":
+        return WarmupDecay(config.learning_rate, total, warmup)
+    if config.schedule == "one_cycle":
+        return WarmupDecay(config.learning_rate, total, warmup or round(ONE_CYCLE_RISE * total),
+                           start=config.learning_rate / ONE_CYCLE_START_DIVISOR,
+                           end=config.learning_rate / ONE_CYCLE_END_DIVISOR, cosine=True)
     if config.schedule == "constant" and warmup == 0:
         return config.learning_rate
     # CosineDecay with alpha=1.0 never decays: that is the constant schedule after a warm-up.

@@ -40,6 +40,50 @@ def test_learning_rate_at_step_0_end_of_warmup_and_last_step(schedule, warmup, a
         assert rate(lr, middle) == pytest.approx(5e-4, rel=1e-5)
 
 
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_linear_schedule_falls_in_a_straight_line_to_zero_after_the_warmup(warmup):
+    lr = learning_rate(TrainConfig(epochs=5, learning_rate=1e-3, schedule="linear", warmup_epochs=warmup), STEPS)
+    decay = (5 - warmup) * STEPS
+    assert rate(lr, 0) == pytest.approx(0.0 if warmup else 1e-3, rel=1e-6, abs=1e-12)
+    assert rate(lr, warmup * STEPS) == pytest.approx(1e-3)
+    for done in (0.2, 0.5, 0.8):
+        assert rate(lr, warmup * STEPS + round(done * decay)) == pytest.approx(1e-3 * (1 - done), rel=1e-5)
+    assert rate(lr, 5 * STEPS) == pytest.approx(0.0, abs=1e-12)
+    if warmup:
+        assert rate(lr, STEPS) == pytest.approx(5e-4, rel=1e-5)
+
+
+@pytest.mark.parametrize("warmup, rise_steps", [(0, 10), (2, 20)])  # a quarter of 40 steps, or the warm-up's
+def test_one_cycle_rises_from_a_25th_to_the_peak_then_falls_to_a_100000th(warmup, rise_steps):
+    config = TrainConfig(epochs=4, learning_rate=1e-2, schedule="one_cycle", warmup_epochs=warmup)
+    lr = learning_rate(config, STEPS)
+    assert rate(lr, 0) == pytest.approx(1e-2 / 25)
+    assert rate(lr, rise_steps // 2) == pytest.approx((1e-2 / 25 + 1e-2) / 2, rel=1e-5)  # half-cosine: the mean
+    assert rate(lr, rise_steps) == pytest.approx(1e-2)
+    assert rate(lr, (rise_steps + 40) // 2) == pytest.approx((1e-2 + 1e-7) / 2, rel=1e-5)  # half way down
+    assert rate(lr, 40) == pytest.approx(1e-7, abs=1e-9)  # float32 rounding: within 1e-9
+    rates = [rate(lr, step) for step in range(41)]
+    assert rates.index(max(rates)) == rise_steps
+
+
+@pytest.mark.parametrize("schedule", ["linear", "one_cycle"])
+def test_a_model_trained_with_each_schedule_saves_and_reloads_in_safe_mode(tmp_path, schedule):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (40, 4, 4, 1)).astype(np.uint8), np.arange(40) % 2
+    data = from_arrays(images, labels, images[:8], labels[:8])
+    config = TrainConfig(epochs=2, batch_size=8, schedule=schedule, learning_rate=0.01, early_stopping_patience=0,
+                         tensorboard=False, verbose=0)
+    model = build_model("mlp", (4, 4, 1), 2, hidden=[4])
+    train(model, data, config)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    steps = int(model.optimizer.iterations)
+    for step in (0, steps // 3, steps):
+        assert rate(reloaded.optimizer._learning_rate, step) == pytest.approx(rate(model.optimizer._learning_rate,
+                                                                                    step))
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0 if schedule == "linear" else 1e-7, abs=1e-9)
+
+
 @pytest.mark.parametrize("name, cls, settings", [
     ("adam", keras.optimizers.Adam, {}),
     ("sgd", keras.optimizers.SGD, {"momentum": 0.8, "nesterov": True}),

@@ -46,6 +46,7 @@ import dataclasses
 from pathlib import Path
 
 import cv2
+import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -181,7 +182,8 @@ def aligned_empty_like(array: np.ndarray, alignment: int = 64) -> np.ndarray:
 
 
 class FastAugment:
-    """The fast backend: a batch function for the tf.data pipeline (OpenCV on each image of the batch).
+    """The fast backend: a batch function for the tf.data pipeline (OpenCV on each image of the batch), then
+    Keras 3's own RandAugment on each image and MixUp / CutMix on each batch where the config asks for them.
 
     Args:
         config: the AugmentConfig to draw transformations from.
@@ -196,16 +198,64 @@ class FastAugment:
         self.config = config
         self._rng = np.random.default_rng(seed)
         cv2.setNumThreads(1)
+        # Keras' RandAugment draws its operations once per call (each image gets its own magnitudes), so it is
+        # called on each training batch, not on the chunks the warps run on.
+        self.rand_augment = keras.layers.RandAugment(value_range=(0, 255), num_ops=config.rand_augment,
+                                                     factor=config.rand_augment_factor, seed=seed) \
+            if config.rand_augment else None
+        self.mixers = []
+        if config.mixup:
+            self.mixers.append(keras.layers.MixUp(alpha=config.mixup, seed=seed))
+        if config.cutmix:
+            self.mixers.append(keras.layers.CutMix(factor=config.cutmix, seed=seed))
+        self._switch = tf.random.Generator.from_seed(seed) if len(self.mixers) > 1 else None
 
-    def augment_images(self, images: np.ndarray) -> np.ndarray:
-        """Augment a numpy batch (N, H, W, C) of raw pixels."""
+    def augment_transforms(self, images: np.ndarray) -> np.ndarray:
+        """ImageDataGenerator's transformations of a numpy batch (N, H, W, C) of raw pixels."""
         transforms = sample_transforms(self.config, len(images), images.shape[1:3], self._rng)
         return apply_transforms(images, transforms, self.config.fill_mode, self.config.cval)
 
+    def augment_images(self, images: np.ndarray) -> np.ndarray:
+        """Augment a numpy batch (N, H, W, C) of raw pixels: every per-image step (MixUp and CutMix, which
+        mix images with their labels, are `mix`'s)."""
+        if self.config.transforms_enabled:
+            images = self.augment_transforms(images)
+        if self.rand_augment is not None:
+            images = np.asarray(self.rand_augment(images.astype(np.float32), training=True))
+        return images
+
+    def warp(self, images: tf.Tensor, labels: tf.Tensor):
+        """The transformations of a batch tensor (OpenCV, through `numpy_function`)."""
+        if not self.config.transforms_enabled:
+            return images, labels
+        warped = tf.numpy_function(self.augment_transforms, [images], images.dtype, stateful=True)
+        warped.set_shape(images.shape)
+        return warped, labels
+
+    def apply_rand_augment(self, images: tf.Tensor, labels: tf.Tensor):
+        """RandAugment of a batch tensor, if configured."""
+        if self.rand_augment is None:
+            return images, labels
+        return tf.cast(self.rand_augment(images, training=True), images.dtype), labels
+
     def __call__(self, images: tf.Tensor, labels: tf.Tensor):
-        augmented = tf.numpy_function(self.augment_images, [images], images.dtype, stateful=True)
-        augmented.set_shape(images.shape)
-        return augmented, labels
+        return self.apply_rand_augment(*self.warp(images, labels))
+
+    @property
+    def mixing(self):
+        """`mix` when MixUp or CutMix is configured, else None: the pipeline maps it over one-hot batches."""
+        return self.mix if self.mixers else None
+
+    def mix(self, images: tf.Tensor, labels: tf.Tensor):
+        """MixUp or CutMix of a training batch and its one-hot (or multi-hot) labels, as Keras' layers do it;
+        with both configured, one of them, chosen at random for each batch."""
+        def mixed(layer):
+            result = layer({"images": images, "labels": tf.cast(labels, tf.float32)}, training=True)
+            return result["images"], result["labels"]
+
+        if self._switch is None:
+            return mixed(self.mixers[0])
+        return tf.cond(self._switch.uniform(()) < 0.5, lambda: mixed(self.mixers[0]), lambda: mixed(self.mixers[1]))
 
     def augmented_batches(self, ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
         """Batch an unbatched (pixels, label) dataset into augmented batches of `batch_size`, in order.
@@ -220,11 +270,17 @@ class FastAugment:
         Example:
             train = FastAugment(AugmentConfig(rotation_range=20)).augmented_batches(ds.shuffle(10000), 32)
         """
-        shape = ds.element_spec[0].shape
-        values = shape.num_elements() if shape.is_fully_defined() else None
-        chunk = batch_size * max(1, CHUNK_VALUES // (batch_size * values)) if values else batch_size
-        ds = ds.batch(chunk).map(self, num_parallel_calls=tf.data.AUTOTUNE)
-        return ds if chunk == batch_size else ds.rebatch(batch_size)
+        if not self.config.transforms_enabled:
+            ds = ds.batch(batch_size)
+        else:
+            shape = ds.element_spec[0].shape
+            values = shape.num_elements() if shape.is_fully_defined() else None
+            chunk = batch_size * max(1, CHUNK_VALUES // (batch_size * values)) if values else batch_size
+            ds = ds.batch(chunk).map(self.warp, num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds if chunk == batch_size else ds.rebatch(batch_size)
+        if self.rand_augment is not None:
+            ds = ds.map(self.apply_rand_augment, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds
 
 
 class LegacyAugment:
@@ -321,10 +377,10 @@ def save_preview(images: np.ndarray, titles: list[str], augment: FastAugment | L
 
 
 def write_preview(config: RunConfig, path: Path, images: int = 8, variants: int = 6) -> None:
-    """`save_preview` of the first `images` training images of `config`'s dataset under its augmentation
-    (the course notes' parameters, with the configured backend, when the config augments nothing)."""
+    """`save_preview` of the first `images` training images of `config`'s dataset under its per-image
+    augmentation (the course notes' parameters, with the configured backend, when the config has none)."""
     augment_config = config.augment
-    if not augment_config.enabled:
+    if not augment_config.per_image_enabled:
         augment_config = dataclasses.replace(COURSE_AUGMENTATION, backend=augment_config.backend)
     data = load_data(config.data, seed=config.run.seed)
     pixels, labels = next(data.train.batch(images).as_numpy_iterator())

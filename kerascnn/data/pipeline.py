@@ -22,7 +22,8 @@ def batches(ds: tf.data.Dataset, batch_size: int, num_classes: int | None = None
         training: shuffle (seeded, reshuffled each epoch) and apply `augment`.
         cache: keep the decoded elements in memory after the first pass.
         augment: a function (images, labels) -> (images, labels) applied to training batches; one with
-            `augmented_batches(ds, batch_size)` (FastAugment) batches and augments the training set itself.
+            `augmented_batches(ds, batch_size)` (FastAugment) batches and augments the training set itself,
+            and its `mixing` (MixUp / CutMix), if not None, maps the batches once their labels are vectors.
     """
     if cache:
         ds = ds.cache()
@@ -36,4 +37,7 @@ def batches(ds: tf.data.Dataset, batch_size: int, num_classes: int | None = None
             ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     if num_classes is not None:
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+    mixing = getattr(augment, "mixing", None)  # FastAugment's MixUp / CutMix, on one-hot or multi-hot labels
+    if training and mixing is not None:
+        ds = ds.map(mixing, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
