@@ -7,7 +7,9 @@
   training uses, maps it over chunks of several batches and rebatches them. One random affine matrix
   per image composes rotation, shift, shear, zoom and the flips exactly as ImageDataGenerator composes
   them; OpenCV's `warpAffine` resamples each image once with that matrix. No augmented copies are
-  kept, and the model never sees an augmentation layer, so exported artifacts contain none.
+  kept, and the model never sees an augmentation layer, so exported artifacts contain none. Keras 3's
+  own RandAugment, MixUp and CutMix layers (`rand_augment`, `mixup`, `cutmix`) run in the same pipeline
+  after the warps: the ecosystem's implementations, not ours.
 - backend "legacy": `LegacyAugment`, the real `tf.keras.preprocessing.image.ImageDataGenerator`
   (Keras 3 keeps it only under `keras.src.legacy`) reading the training split its own way: `flow`
   over in-memory arrays, `flow_from_dataframe` over an image folder's training files.
@@ -183,7 +185,8 @@ def aligned_empty_like(array: np.ndarray, alignment: int = 64) -> np.ndarray:
 
 class FastAugment:
     """The fast backend: a batch function for the tf.data pipeline (OpenCV on each image of the batch), then
-    Keras 3's own RandAugment on each image and MixUp / CutMix on each batch where the config asks for them.
+    Keras 3's own RandAugment on each batch's images and MixUp / CutMix on each batch (`mixing`, which the
+    pipeline maps once the labels are one-hot) where the config asks for them.
 
     Args:
         config: the AugmentConfig to draw transformations from.
