@@ -108,7 +108,7 @@ def test_every_artifact_agrees_with_the_trained_model(tmp_path):
     np.testing.assert_allclose(reloaded.predict_proba(images), np.asarray(result.model(images)), atol=1e-6)
 
 
-@pytest.mark.parametrize("preset", ["fashion_mnist", "fashion_mnist_quick"])
+@pytest.mark.parametrize("preset", ["fashion_mnist", "fashion_mnist_quick", "fashion_mnist_half"])
 def test_fashion_mnist_presets_resolve(preset):
     config = load_config(preset=preset)
     assert config.data.dataset == "fashion_mnist"
