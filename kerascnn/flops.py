@@ -197,6 +197,14 @@ def machine_gflops_once() -> dict:
     return machine_gflops()
 
 
+def recipe_flops(model: keras.Model, images_per_epoch: int, epochs: int) -> int:
+    """Training FLOPs of `epochs` epochs of `images_per_epoch` images, an epoch of `progressive_resizing`
+    counted at its share of the full-size pixels."""
+    resizes = progressive_resizes(model)
+    full_size_epochs = sum(math.prod(layer.pixel_fraction(epoch) for layer in resizes) for epoch in range(epochs))
+    return round(training_flops_per_image(model) * images_per_epoch * full_size_epochs)
+
+
 def training_record(model: keras.Model, images_per_epoch: int, epochs_run: int, train_seconds: float,
                     machine: dict | None, resumed: bool = False) -> dict:
     """The manifest's FLOP fields for a run: `flops_per_image` (training FLOPs, 3 x forward),
@@ -207,10 +215,8 @@ def training_record(model: keras.Model, images_per_epoch: int, epochs_run: int, 
     the count is off: a resumed run's `train_seconds` covers only the epochs after the resume (its rate
     is left out), and frozen layers make 3 x forward an overestimate.
     """
-    per_image = training_flops_per_image(model)
-    resizes = progressive_resizes(model)
-    full_size_epochs = sum(math.prod(layer.pixel_fraction(epoch) for layer in resizes) for epoch in range(epochs_run))
-    record = {"flops_per_image": per_image, "train_flops": round(per_image * images_per_epoch * full_size_epochs)}
+    record = {"flops_per_image": training_flops_per_image(model),
+              "train_flops": recipe_flops(model, images_per_epoch, epochs_run)}
     if machine:
         record.update(gemm_gflops=machine["gemm_gflops"], conv_gflops=machine["conv_gflops"])
     notes = []

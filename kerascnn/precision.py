@@ -32,7 +32,7 @@ from kerascnn.config import TrainConfig
 from kerascnn.data.imagedata import ImageData
 from kerascnn.data.pipeline import batches
 from kerascnn.distribute import precision
-from kerascnn.flops import training_flops_per_image
+from kerascnn.flops import recipe_flops
 from kerascnn.training import compile_model
 
 BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names of the units oneDNN uses
@@ -92,7 +92,7 @@ def choose_precision(config: TrainConfig, model: keras.Model, build: Callable[[]
     units = cpu_bfloat16_units()
     if not units:
         return PrecisionChoice("float32", "auto: this CPU has no bfloat16 units")
-    train_flops = training_flops_per_image(model) * data.counts["train"] * config.epochs
+    train_flops = recipe_flops(model, data.counts["train"], config.epochs)
     if train_flops < MIN_CHECKED_FLOPS:
         return PrecisionChoice("float32", f"auto: {train_flops:.1e} training FLOPs, too short a run to check "
                                           f"bfloat16 (from {MIN_CHECKED_FLOPS:.0e})")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
 import pytest
 
-from kerascnn.bench.train import NUM_CLASSES, folder_memory_mb, generated_images, mb_per_10k_images, write_folder
+from kerascnn.bench.train import (NUM_CLASSES, folder_memory_mb, generated_images, mb_per_10k_images, speed,
+                                  write_folder)
 from kerascnn.cli import main
 from kerascnn.data.folder import scan_folder
 
@@ -50,3 +52,19 @@ def test_bench_train_reports_throughput_and_memory_above_the_baseline(capsys, tm
     streamed, cached = (mb_per_10k_images(folder_memory_mb(folder, 128, cache, shuffle_buffer=64)[1],
                                           results["baseline_resident_mb"], 4000) for cache in (False, True))
     assert streamed + 5 < cached, (streamed, cached)
+
+
+def test_bench_train_times_full_size_epochs_and_counts_a_progressive_recipe_at_its_sizes(tmp_path):
+    """A progressive-resizing recipe: the timed loops all train the full-size network (kerascnn's loop would
+    otherwise shrink its first epoch and the reference not), while `train_flops` counts the smaller epoch at
+    its share of the pixels, as the run's manifest does."""
+    config = tmp_path / "progressive.toml"
+    config.write_text('[data]\ndataset = "digits"\n[model]\nname = "resnet_small"\n'
+                      'options = { stem = 8, widths = [8], blocks = [1], progressive_resizing = [[4, 1]] }\n'
+                      '[train]\nepochs = 3\nbatch_size = 32\n')
+    results = speed(argparse.Namespace(config=str(config), preset=None, images=320, repeats=1))
+    full_size_epochs = (4 * 4) / (8 * 8) + 2
+    assert results["train_flops"] == round(results["flops_per_image"] * results["train_images"] * full_size_epochs)
+    assert results["train_seconds_at_kerascnn_speed"] == pytest.approx(
+        results["train_images"] * full_size_epochs / results["kerascnn_images_per_s"], abs=0.1)
+    assert results["kerascnn_images_per_s"] > 0 and results["reference_images_per_s"] > 0

@@ -11,7 +11,10 @@
      policy `train.precision = "auto"` picks by its start-up check (kerascnn.precision);
    - fit: `model.fit` of that same network and policy, so `loop_ratio` = kerascnn / fit is what
      kerascnn's loop and callbacks cost (>= 0.95: next to nothing).
-   `speedup_vs_float32` = kerascnn / reference. FLOPs are counted from the layers (kerascnn.flops,
+   `speedup_vs_float32` = kerascnn / reference. All three time full-size epochs: a preset's
+   `progressive_resizing` is left out of the timed network (kerascnn's loop would shrink its first
+   epochs and the others not), while `train_flops` counts the recipe with its smaller epochs.
+   FLOPs are counted from the layers (kerascnn.flops,
    3x the forward pass per training image) and checked against TensorFlow's profiler; the machine's
    float32 GEMM and convolution GFLOPS are measured in the same run, and `utilisation` is the
    achieved training GFLOPS over the float32 convolution rate.
@@ -160,7 +163,7 @@ def speed(args) -> dict:
     """Part 1 of the module docstring: the config's network, FLOPs, the machine's rates, three loops."""
     from kerascnn.config import load_config
     from kerascnn.data.datasets import from_arrays, load_data
-    from kerascnn.flops import machine_gflops, profiler_forward_flops, training_flops_per_image
+    from kerascnn.flops import machine_gflops, profiler_forward_flops, recipe_flops, training_flops_per_image
     from kerascnn.models import build_model
     from kerascnn.precision import choose_precision
 
@@ -172,20 +175,24 @@ def speed(args) -> dict:
     data = from_arrays(x[:args.images], y[:args.images], validation[0][:1000], validation[1][:1000],
                        class_names=full.class_names, config=config.data, seed=config.run.seed)
 
+    full_size_options = {key: value for key, value in config.model.options.items() if key != "progressive_resizing"}
+
     def build():
-        return build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
+        return build_model(config.model.name, data.input_shape, data.num_classes, **full_size_options)
 
     train_config = config.train
     network = build()
+    recipe = build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
     choice = choose_precision(train_config, network, build, full)  # the check `kerascnn train` runs, at its size
     flops_per_image = training_flops_per_image(network)
+    train_flops = recipe_flops(recipe, full.counts["train"], train_config.epochs)
     profiler_flops_per_image = 3 * profiler_forward_flops(network)
     rates = machine_gflops()
     results = {"network": config.model.name, "batch_size": train_config.batch_size, "precision": choice.policy,
                "precision_check": choice.reason,
                "flops_per_image": flops_per_image, "profiler_flops_per_image": profiler_flops_per_image,
                "train_images": full.counts["train"], "epochs": train_config.epochs,
-               "train_flops": flops_per_image * full.counts["train"] * train_config.epochs, **rates}
+               "train_flops": train_flops, **rates}
     results.update(timed_loops(train_config, data, build, choice.policy, args.repeats))
     conv = rates["conv_gflops"]
     for name in ("reference", "kerascnn"):
@@ -195,8 +202,8 @@ def speed(args) -> dict:
     results["achieved_gflops"], results["utilisation"] = results["kerascnn_achieved_gflops"], results["kerascnn_utilisation"]
     results["speedup_vs_float32"] = round(results["kerascnn_images_per_s"] / results["reference_images_per_s"], 3)
     results["loop_ratio"] = round(results["kerascnn_images_per_s"] / results["fit_images_per_s"], 3)
-    results["train_seconds_at_kerascnn_speed"] = round(full.counts["train"] * train_config.epochs
-                                                       / results["kerascnn_images_per_s"], 1)
+    full_size_images = train_flops / flops_per_image  # a progressive-resizing epoch counts at its share
+    results["train_seconds_at_kerascnn_speed"] = round(full_size_images / results["kerascnn_images_per_s"], 1)
     return results
 
 
