@@ -1,7 +1,8 @@
 """Which dtype policy a run trains in: float32, or mixed_bfloat16 where this CPU makes it pay.
 
-TensorFlow's oneDNN kernels run bfloat16 convolutions and matmuls on the AMX / AVX512-BF16 units
-about three times faster than float32 here, yet a whole training step gains only what the rest of
+TensorFlow's oneDNN kernels run bfloat16 convolutions and matmuls on the AMX units about three times
+faster than float32 (an AMX Xeon), on the AVX512-BF16 units at most twice as fast (the EPYC of
+2026-12-01: oneDNN's `avx512_core_bf16` kernels, no AMX), yet a whole training step gains only what the rest of
 the step (BatchNorm, casts, the optimizer, the input) leaves of that, and on some networks loses.
 So `train.precision = "auto"` measures instead of guessing: on a CPU with bfloat16 units it builds
 the network in both policies with the same weights, checks that their predictions agree, times a
@@ -60,14 +61,25 @@ class PrecisionChoice:
         return f"precision: {self.policy} ({self.reason})"
 
 
+def _cpuinfo_field(name: str, cpuinfo: Path) -> str:
+    """The first `name : value` of /proc/cpuinfo ('' where there is none or no /proc)."""
+    try:
+        return next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                     if line.split(":", 1)[0].strip() == name), "")
+    except OSError:
+        return ""
+
+
 def cpu_bfloat16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
     """The bfloat16 instruction sets this CPU reports (empty where there are none or no /proc)."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        return []
+    flags = _cpuinfo_field("flags", cpuinfo).split()
     return [flag for flag in BFLOAT16_CPU_FLAGS if flag in flags]
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name: machines of one kind differ (an AMX Xeon gains far more from bfloat16 than
+    an AVX512-BF16-only EPYC, whose bfloat16 peak is twice its float32 one), so benchmarks record it."""
+    return _cpuinfo_field("model name", cpuinfo) or "unknown"
 
 
 def choose_precision(config: TrainConfig, model: keras.Model, build: Callable[[], keras.Model], data: ImageData,

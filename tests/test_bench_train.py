@@ -38,6 +38,7 @@ def test_bench_train_reports_throughput_and_memory_above_the_baseline(capsys, tm
     assert results["achieved_gflops"] == pytest.approx(
         results["flops_per_image"] * results["kerascnn_images_per_s"] / 1e9, abs=0.1)
     assert results["utilisation"] == pytest.approx(results["achieved_gflops"] / results["conv_gflops"], rel=0.02, abs=2e-3)
+    assert results["cpu"] and isinstance(results["bfloat16_units"], list)  # what explains the bfloat16 gain
     assert results["precision"] == "float32"  # a digits run is too short for the bfloat16 check (or the CPU lacks it)
     assert (results["small_folder_images"], results["large_folder_images"]) == (200, 400)
     assert results["cache"] is False and results["baseline_peak_mb"] > 0

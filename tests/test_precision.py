@@ -36,6 +36,16 @@ def test_cpu_bfloat16_units_are_read_from_cpuinfo(tmp_path):
     assert precision.cpu_bfloat16_units(tmp_path / "missing") == []
 
 
+def test_cpu_model_is_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512_bf16\n"
+                       "processor\t: 1\nmodel name\t: AMD EPYC\n")
+    assert precision.cpu_model(cpuinfo) == "AMD EPYC"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu\n")
+    assert precision.cpu_model(cpuinfo) == "unknown"
+    assert precision.cpu_model(tmp_path / "missing") == "unknown"
+
+
 def test_an_explicit_policy_is_taken_as_set_and_mixed_precision_means_float16(tiny):
     choice = _choose(TrainConfig(precision="mixed_bfloat16"), tiny)
     assert (choice.policy, choice.reason) == ("mixed_bfloat16", "train.precision")

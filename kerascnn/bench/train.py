@@ -165,7 +165,7 @@ def speed(args) -> dict:
     from kerascnn.data.datasets import from_arrays, load_data
     from kerascnn.flops import machine_gflops, profiler_forward_flops, recipe_flops, training_flops_per_image
     from kerascnn.models import build_model
-    from kerascnn.precision import choose_precision
+    from kerascnn.precision import choose_precision, cpu_bfloat16_units, cpu_model
 
     config = load_config(args.config) if args.config else load_config(preset=args.preset)
     full = load_data(config.data, seed=config.run.seed)
@@ -188,7 +188,8 @@ def speed(args) -> dict:
     train_flops = recipe_flops(recipe, full.counts["train"], train_config.epochs)
     profiler_flops_per_image = 3 * profiler_forward_flops(network)
     rates = machine_gflops()
-    results = {"network": config.model.name, "batch_size": train_config.batch_size, "precision": choice.policy,
+    results = {"cpu": cpu_model(), "bfloat16_units": cpu_bfloat16_units(),
+               "network": config.model.name, "batch_size": train_config.batch_size, "precision": choice.policy,
                "precision_check": choice.reason,
                "flops_per_image": flops_per_image, "profiler_flops_per_image": profiler_flops_per_image,
                "train_images": full.counts["train"], "epochs": train_config.epochs,
