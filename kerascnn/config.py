@@ -337,7 +337,8 @@ class TrainConfig:
             (`kerascnn lr-find`) first and train at its suggestion, recorded in the manifest (default 0.001).
         momentum: momentum for sgd and rmsprop (default 0.9).
         nesterov: Nesterov momentum for sgd (default False).
-        weight_decay: decoupled weight decay for adamw (default 0.0001).
+        weight_decay: decoupled weight decay (Keras' optimizer `weight_decay`), applied with every optimizer;
+            unset, adamw decays by 0.0001 and the others not at all (default unset).
         schedule: constant | cosine | linear | one_cycle: cosine decays to 0 over the steps after the
             warm-up, linear decays to 0 in a straight line; one_cycle is fastai's `fit_one_cycle` for the
             learning rate (from learning_rate / 25 up to it by a half-cosine over the warm-up, a quarter
@@ -385,7 +386,7 @@ class TrainConfig:
     learning_rate: str | float = 1e-3  # a number, or LR_FIND
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 1e-4
+    weight_decay: float | None = None
     schedule: str = "constant"
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
@@ -413,7 +414,8 @@ class TrainConfig:
         else:
             _check(self.learning_rate > 0, f"train.learning_rate must be positive, got {self.learning_rate}")
         _check(0.0 <= self.momentum < 1.0, f"train.momentum must be in [0, 1), got {self.momentum}")
-        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.weight_decay is None or self.weight_decay >= 0,
+               f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.schedule in SCHEDULES,
                f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
                f"{suggest(self.schedule, SCHEDULES)}")

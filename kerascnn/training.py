@@ -36,6 +36,7 @@ from kerascnn.resume import (AtomicBackupAndRestore, AtomicModelCheckpoint, Resu
 from kerascnn.rundir import BACKUP_DIR, CHECKPOINT_FILE, HISTORY_FILE, LOG_DIR, TRAINED_MODEL
 
 FINE_TUNE_RATE_FACTOR = 0.1  # fine_tune's second phase runs at the configured learning rate x this
+ADAMW_WEIGHT_DECAY = 1e-4  # adamw's decay where train.weight_decay is unset (Keras' AdamW default is 0.004)
 
 
 @dataclasses.dataclass
@@ -113,14 +114,16 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int):
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     rate = learning_rate(config, steps_per_epoch)
-    ema = {"use_ema": config.use_ema, "ema_momentum": config.ema_momentum}
+    common = {"weight_decay": config.weight_decay, "use_ema": config.use_ema, "ema_momentum": config.ema_momentum}
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=config.nesterov, **ema)
+        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=config.nesterov, **common)
     if config.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(rate, momentum=config.momentum, **ema)
+        return keras.optimizers.RMSprop(rate, momentum=config.momentum, **common)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay, **ema)
-    return keras.optimizers.Adam(rate, **ema)
+        if config.weight_decay is None:
+            common["weight_decay"] = ADAMW_WEIGHT_DECAY
+        return keras.optimizers.AdamW(rate, **common)
+    return keras.optimizers.Adam(rate, **common)
 
 
 class ProgressiveResizing(keras.callbacks.Callback):

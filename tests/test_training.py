@@ -85,9 +85,9 @@ def test_a_model_trained_with_each_schedule_saves_and_reloads_in_safe_mode(tmp_p
 
 
 @pytest.mark.parametrize("name, cls, settings", [
-    ("adam", keras.optimizers.Adam, {}),
-    ("sgd", keras.optimizers.SGD, {"momentum": 0.8, "nesterov": True}),
-    ("rmsprop", keras.optimizers.RMSprop, {"momentum": 0.8}),
+    ("adam", keras.optimizers.Adam, {"weight_decay": 0.03}),
+    ("sgd", keras.optimizers.SGD, {"momentum": 0.8, "nesterov": True, "weight_decay": 0.03}),
+    ("rmsprop", keras.optimizers.RMSprop, {"momentum": 0.8, "weight_decay": 0.03}),
     ("adamw", keras.optimizers.AdamW, {"weight_decay": 0.03}),
 ])
 def test_each_optimizer_gets_its_settings(name, cls, settings):
@@ -97,6 +97,13 @@ def test_each_optimizer_gets_its_settings(name, cls, settings):
     assert float(optimizer.learning_rate) == pytest.approx(0.01)
     for key, value in settings.items():
         assert getattr(optimizer, key) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "rmsprop", "adamw"])
+def test_unset_weight_decay_decays_only_adamw(name):
+    """A set `train.weight_decay` reaches every optimizer (above); unset, only adamw decays, by 1e-4."""
+    optimizer = make_optimizer(TrainConfig(optimizer=name), STEPS)
+    assert optimizer.weight_decay == (pytest.approx(1e-4) if name == "adamw" else None)
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
