@@ -182,7 +182,8 @@ def speed(args) -> dict:
 
     train_config = config.train
     network = build()
-    recipe = build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
+    recipe = (build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
+              if full_size_options != config.model.options else network)
     choice = choose_precision(train_config, network, build, full)  # the check `kerascnn train` runs, at its size
     flops_per_image = training_flops_per_image(network)
     train_flops = recipe_flops(recipe, full.counts["train"], train_config.epochs)
