@@ -24,10 +24,36 @@ def return_freed_memory() -> None:
 
 
 def memory_mib() -> tuple[float | None, float]:
-    """(resident memory now, peak resident memory) of this process in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """(resident memory now, peak resident memory) of this process in MiB.
+
+    The peak is the kernel's high-water mark of this program's own memory (VmHWM). `getrusage`'s
+    ru_maxrss is only the fallback: a process started by another inherits that one's peak across exec,
+    so a small child of a large parent would report the parent's."""
     now = _kib_field("/proc/self/status", "VmRSS:")
-    return (now / 1024 if now is not None else None), peak
+    peak = _kib_field("/proc/self/status", "VmHWM:") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    return (now / 1024 if now is not None else None), peak / 1024
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's `struct mallinfo2` (malloc.h), every field a size_t."""
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def live_heap_mib() -> float | None:
+    """MiB that malloc has handed out and not taken back, over all its arenas (glibc's mallinfo2: bytes in use
+    in the arenas plus mmapped blocks; TensorFlow's CPU tensors come from it), or None without glibc 2.33+.
+
+    Unlike the resident size it leaves out the freed pages malloc keeps for reuse, which differ by tens of MiB
+    from run to run. Read with ctypes: no library exposes it."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return (info.uordblks + info.hblkhd) / 2**20
 
 
 def available_bytes() -> int | None:
