@@ -18,14 +18,16 @@
    3x the forward pass per training image) and checked against TensorFlow's profiler; the machine's
    float32 GEMM and convolution GFLOPS are measured in the same run, and `utilisation` is the
    achieved training GFLOPS over the float32 convolution rate.
-2. Memory: peak resident memory of fresh processes training one epoch from generated image
-   folders, with `data.cache = false` so that images stream from disk (`--cache` keeps them in
-   memory instead, for comparison). TensorFlow and the model alone take over a gigabyte, so each
-   folder's peak is reported above a baseline process that trains on `BASELINE_IMAGES` images,
-   per 10,000 images. The decoded images are 28 x 28 uint8, about 8 MB per 10,000: caching keeps all
-   of them, streaming only the shuffle buffer's 10,000 (`data.shuffle_buffer`), so a streamed 50,000
-   folder shows about a fifth of what a cached one does. Peaks include the folder scan's transient
-   buffers, so the resident memory at the end of the epoch is reported too: what the epoch keeps.
+2. Memory: peak resident memory (the kernel's high-water mark, VmHWM) of fresh processes training
+   one epoch from generated image folders, with `data.cache = false` so that images stream from disk
+   (`--cache` keeps them in memory instead, for comparison). TensorFlow and the model alone take over
+   a gigabyte, so each folder's peak is reported above a baseline process that trains on
+   `BASELINE_IMAGES` images, per 10,000 images. The decoded images are 28 x 28 float32, 3,136 bytes
+   each: caching keeps every training and validation image (25 MB per 10,000 at the default splits),
+   streaming only the shuffle buffer's 10,000 (`data.shuffle_buffer`). Peaks include the folder
+   scan's transient buffers, so what the epoch keeps is reported too: the memory malloc has handed
+   out and not taken back at the end of the epoch, while the pipeline (and a cache) is alive, from
+   the small folder to the large one, per 10,000 images (`kept_mb_per_10k_images`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import numpy as np
 
 from kerascnn.bench import register_bench
 from kerascnn.errors import KerasCNNError
+from kerascnn.memory import live_heap_mib
 
 BENCH_MODEL = ("cnn", {"filters": [32, 64], "dense": 256})
 NUM_CLASSES = 10
@@ -223,32 +226,40 @@ def write_folder(root: Path, count: int) -> Path:
 
 def folder_memory_mb(folder: Path, batch_size: int, cache: bool = False, shuffle_buffer: int = 10000
                      ) -> tuple[float, float]:
-    """(peak, resident after the epoch) RSS in MB of a fresh process that trains one epoch from `folder`,
-    streamed unless `cache`.
+    """(peak resident, live heap at the end of the epoch) in MB of a fresh process that trains one epoch
+    from `folder`, streamed unless `cache`.
 
-    The peak includes transient buffers (the folder scan decodes every file in parallel); what the
-    epoch keeps, a cache for one, shows in the resident memory at its end. The shuffle buffer holds up
-    to `shuffle_buffer` decoded images whether or not they are cached (`data.shuffle_buffer`, 10,000)."""
-    code = ("import json, resource, sys; from kerascnn.bench.train import train_from_folder; "
-            "train_from_folder(sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1', int(sys.argv[4])); "
-            "rss = [int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmRSS:')][0]; "
-            "print(json.dumps([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss / 1024]))")
+    The peak includes transient buffers (the folder scan decodes every file in parallel). What the
+    epoch keeps, a cache for one, shows in the live heap at its end (`kerascnn.memory.live_heap_mib`),
+    not in the resident size after it: by then the pipeline and its cache are freed, and what stays
+    resident is the freed pages malloc keeps, tens of MB that differ from run to run. The shuffle
+    buffer holds up to `shuffle_buffer` decoded images whether or not they are cached
+    (`data.shuffle_buffer`, 10,000)."""
+    code = ("import json, sys; from kerascnn.bench.train import train_from_folder; "
+            "from kerascnn.memory import memory_mib; "
+            "live = train_from_folder(sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1', int(sys.argv[4])); "
+            "print(json.dumps([memory_mib()[1], live]))")
     done = subprocess.run([sys.executable, "-c", code, str(folder), str(batch_size), "1" if cache else "0",
                            str(shuffle_buffer)], capture_output=True, text=True, check=True)
-    peak, resident = json.loads(done.stdout.strip().splitlines()[-1])
-    return peak, resident
+    peak, live = json.loads(done.stdout.strip().splitlines()[-1])
+    return peak, live
 
 
-def train_from_folder(folder: str, batch_size: int, cache: bool = False, shuffle_buffer: int = 10000) -> None:
+def train_from_folder(folder: str, batch_size: int, cache: bool = False, shuffle_buffer: int = 10000) -> float:
     """One epoch from an image folder, streamed (`data.cache = false`) unless `cache`; run in the measured
-    process."""
+    process. Returns the live heap in MB at the end of the epoch, while its pipeline is alive."""
+    import keras
+
     from kerascnn.config import DataConfig, TrainConfig
     from kerascnn.data.datasets import load_data
     from kerascnn.training import train
 
+    live = []
+    at_epoch_end = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: live.append(live_heap_mib()))
     data = load_data(DataConfig(dataset=folder, image_size=(28, 28), cache=cache))
     train(_model(data), data, TrainConfig(epochs=1, batch_size=batch_size, verbose=0, tensorboard=False),
-          cache=cache, shuffle_buffer=shuffle_buffer)
+          cache=cache, shuffle_buffer=shuffle_buffer, extra_callbacks=[at_epoch_end])
+    return live[-1]
 
 
 def mb_per_10k_images(peak_mb: float, baseline_mb: float, images: int) -> float:
@@ -260,14 +271,19 @@ def mb_per_10k_images(peak_mb: float, baseline_mb: float, images: int) -> float:
                                 "streaming memory", add_arguments=add_arguments)
 def run(args) -> dict:
     small, large = args.folder_sizes
+    if live_heap_mib() is None:
+        raise KerasCNNError("bench train's memory part reads glibc's mallinfo2 (glibc 2.33 or later, Linux); "
+                            "run it on such a machine")
     if min(small, large) <= BASELINE_IMAGES:
         raise KerasCNNError(f"--folder-sizes must be above the {BASELINE_IMAGES}-image baseline folder")
+    if large <= small:
+        raise KerasCNNError(f"--folder-sizes {small} {large}: the second (LARGE) must be above the first (SMALL)")
     results = speed(args)
     with tempfile.TemporaryDirectory(prefix="kerascnn-bench-") as workdir:
         memory = {n: folder_memory_mb(write_folder(Path(workdir) / str(n), n), args.batch_size, args.cache)
                   for n in (BASELINE_IMAGES, small, large)}
     peaks = {n: peak for n, (peak, _) in memory.items()}
-    resident = {n: kept for n, (_, kept) in memory.items()}
+    live = {n: heap for n, (_, heap) in memory.items()}
     return {
         **results,
         "small_folder_images": small,
@@ -278,8 +294,8 @@ def run(args) -> dict:
         "cache": args.cache,
         "small_folder_mb_per_10k_images": round(mb_per_10k_images(peaks[small], peaks[BASELINE_IMAGES], small), 2),
         "large_folder_mb_per_10k_images": round(mb_per_10k_images(peaks[large], peaks[BASELINE_IMAGES], large), 2),
-        "large_folder_resident_mb_per_10k_images": round(
-            mb_per_10k_images(resident[large], resident[BASELINE_IMAGES], large), 2),
-        "baseline_resident_mb": round(resident[BASELINE_IMAGES], 1),
+        "small_folder_live_mb": round(live[small], 2),
+        "large_folder_live_mb": round(live[large], 2),
+        "kept_mb_per_10k_images": round((live[large] - live[small]) * 10000 / (large - small), 2),
         "memory_ratio": round(peaks[large] / peaks[small], 3),
     }
