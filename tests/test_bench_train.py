@@ -46,9 +46,10 @@ def test_bench_train_reports_throughput_and_memory_above_the_baseline(capsys, tm
     assert results["cache"] is False and results["baseline_peak_mb"] > 0
     assert results["large_folder_mb_per_10k_images"] == pytest.approx(
         mb_per_10k_images(results["large_folder_peak_mb"], results["baseline_peak_mb"], 2100), abs=0.01)
-    # Streamed, the epoch keeps next to nothing per image (the file list): 1,000 more images, well under 1 MB.
+    # Streamed, the epoch keeps next to nothing per image (the file list): 1,000 more images, about 0.5 MB
+    # (2026-12-02: 0.44-0.57), where a cache of their 800 training and validation images would be 2.4 MB.
     # (Both folders train and validate on full and partial batches, so their traced steps are alike.)
-    assert 0 <= results["large_folder_live_mb"] - results["small_folder_live_mb"] < 1
+    assert 0 <= results["large_folder_live_mb"] - results["small_folder_live_mb"] < 1.5
     assert results["kept_mb_per_10k_images"] == pytest.approx(
         (results["large_folder_live_mb"] - results["small_folder_live_mb"]) * 10000 / 1000, abs=0.02)
 
