@@ -294,8 +294,8 @@ def run(args) -> dict:
         "cache": args.cache,
         "small_folder_mb_per_10k_images": round(mb_per_10k_images(peaks[small], peaks[BASELINE_IMAGES], small), 2),
         "large_folder_mb_per_10k_images": round(mb_per_10k_images(peaks[large], peaks[BASELINE_IMAGES], large), 2),
-        "small_folder_live_mb": round(live[small], 2),
-        "large_folder_live_mb": round(live[large], 2),
+        "small_folder_live_mb": round(live[small], 4),
+        "large_folder_live_mb": round(live[large], 4),
         "kept_mb_per_10k_images": round((live[large] - live[small]) * 10000 / (large - small), 2),
         "memory_ratio": round(peaks[large] / peaks[small], 3),
     }
