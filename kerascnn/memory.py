@@ -1,7 +1,8 @@
 """This process's memory: what it holds, what the machine still has, and handing freed pages back.
 
 Used between the steps that each build and drop a large object (tuner trials, export artifacts), so the
-next step starts from what the process really needs and a step that would not fit is known beforehand.
+next step starts from what the process really needs and a step that would not fit is known beforehand,
+and by `kerascnn bench train` to measure what an epoch keeps.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ def return_freed_memory() -> None:
     by one step does not stay in the process's resident size as fragmentation; the trim is a no-op without
     glibc."""
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    malloc_trim = _glibc_function("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 def memory_mib() -> tuple[float | None, float]:
@@ -47,13 +47,20 @@ def live_heap_mib() -> float | None:
 
     Unlike the resident size it leaves out the freed pages malloc keeps for reuse, which differ by tens of MiB
     from run to run. Read with ctypes: no library exposes it."""
-    try:
-        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
+    mallinfo2 = _glibc_function("mallinfo2")
+    if mallinfo2 is None:
         return None
     mallinfo2.restype = _MallInfo2
     info = mallinfo2()
     return (info.uordblks + info.hblkhd) / 2**20
+
+
+def _glibc_function(name: str):
+    """glibc's function `name` through ctypes, or None where the C library is not glibc or lacks it."""
+    try:
+        return getattr(ctypes.CDLL("libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
 
 
 def available_bytes() -> int | None:

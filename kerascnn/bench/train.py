@@ -271,13 +271,13 @@ def mb_per_10k_images(peak_mb: float, baseline_mb: float, images: int) -> float:
                                 "streaming memory", add_arguments=add_arguments)
 def run(args) -> dict:
     small, large = args.folder_sizes
-    if live_heap_mib() is None:
-        raise KerasCNNError("bench train's memory part reads glibc's mallinfo2 (glibc 2.33 or later, Linux); "
-                            "run it on such a machine")
     if min(small, large) <= BASELINE_IMAGES:
         raise KerasCNNError(f"--folder-sizes must be above the {BASELINE_IMAGES}-image baseline folder")
     if large <= small:
         raise KerasCNNError(f"--folder-sizes {small} {large}: the second (LARGE) must be above the first (SMALL)")
+    if live_heap_mib() is None:
+        raise KerasCNNError("bench train's memory part reads glibc's mallinfo2 (glibc 2.33 or later, Linux); "
+                            "run it on such a machine")
     results = speed(args)
     with tempfile.TemporaryDirectory(prefix="kerascnn-bench-") as workdir:
         memory = {n: folder_memory_mb(write_folder(Path(workdir) / str(n), n), args.batch_size, args.cache)
