@@ -262,9 +262,10 @@ def train_from_folder(folder: str, batch_size: int, cache: bool = False, shuffle
     return live[-1]
 
 
-def mb_per_10k_images(peak_mb: float, baseline_mb: float, images: int) -> float:
-    """Memory above the baseline process, per 10,000 images of the folder."""
-    return (peak_mb - baseline_mb) * 10000 / (images - BASELINE_IMAGES)
+def mb_per_10k_images(mb: float, baseline_mb: float, images: int, baseline_images: int = BASELINE_IMAGES) -> float:
+    """Memory above that of a process with `baseline_images` images (the baseline folder), per 10,000 images
+    more."""
+    return (mb - baseline_mb) * 10000 / (images - baseline_images)
 
 
 @register_bench("train", help="training speed vs today's float32 model.fit (FLOPs, utilisation, speed-up); "
@@ -296,6 +297,6 @@ def run(args) -> dict:
         "large_folder_mb_per_10k_images": round(mb_per_10k_images(peaks[large], peaks[BASELINE_IMAGES], large), 2),
         "small_folder_live_mb": round(live[small], 4),
         "large_folder_live_mb": round(live[large], 4),
-        "kept_mb_per_10k_images": round((live[large] - live[small]) * 10000 / (large - small), 2),
+        "kept_mb_per_10k_images": round(mb_per_10k_images(live[large], live[small], large, small), 2),
         "memory_ratio": round(peaks[large] / peaks[small], 3),
     }
